@@ -1,0 +1,39 @@
+"""Splitting the kept frames into per-file parts of N records, as the original `split_fasta_file` does.
+
+Part k (from 1) holds records (k-1)*N+1 .. k*N; nucleotide and protein parts hold the same ids in
+the same order. Unlike the original, a sample with no kept frame still gets one empty part, so the
+rest of the pipeline runs and writes header-only results instead of stopping.
+"""
+
+from pathlib import Path
+
+from virnucflow.atomic import atomic_path
+from virnucflow.errors import InputError
+from virnucflow.fasta import read_fasta, write_fasta
+
+
+def _records_or_none(path):
+    """Records of a FASTA that may legitimately be empty (our own translate output)."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        return []
+    return list(read_fasta(path))
+
+
+def split_parts(nucleotide_fa, protein_faa, out_dir, records_per_file=10_000):
+    """Write out_dir/output_<k>.fa and .faa; return the number of parts."""
+    nucleotides = _records_or_none(nucleotide_fa)
+    proteins = _records_or_none(protein_faa)
+    nuc_ids = [rid for rid, _ in nucleotides]
+    if nuc_ids != [rid for rid, _ in proteins]:
+        raise InputError(
+            f"{nucleotide_fa} and {protein_faa} do not hold the same ids in the same order; rerun translate"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_parts = max(1, -(-len(nucleotides) // records_per_file))
+    for k in range(n_parts):
+        rows = slice(k * records_per_file, (k + 1) * records_per_file)
+        for records, suffix in ((nucleotides, ".fa"), (proteins, ".faa")):
+            with atomic_path(out_dir / f"output_{k + 1}{suffix}") as tmp, open(tmp, "w") as fh:
+                write_fasta(fh, records[rows])
+    return n_parts
