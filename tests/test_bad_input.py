@@ -71,7 +71,8 @@ def test_windows_line_ends_lower_case_and_gzip_read_like_plain_fasta(tmp_path):
 
 def test_truncated_gzip_is_an_error(tmp_path):
     gz = tmp_path / "cut.fa.gz"
-    body = "".join(random.Random(1).choice("ACGT") for _ in range(20000)).encode()
+    rng = random.Random(1)
+    body = "".join(rng.choice("ACGT") for _ in range(20000)).encode()
     gz.write_bytes(gzip.compress(b">r1\n" + body)[:2000])
     proc = run_cli("chunk", "--size", "300", str(gz), str(tmp_path / "c.fa"), check=False)
     assert proc.returncode != 0 and str(gz) in proc.stderr and "Traceback" not in proc.stderr
