@@ -1,0 +1,30 @@
+# Merge the two embeddings of each part, then score all parts of a sample with the original classifier.
+
+
+rule merge:
+    input:
+        dnabert="results/{sample}/embeddings/output_{k}_DNABERT_S.npz",
+        esm="results/{sample}/embeddings/output_{k}_ESM.npz",
+    output:
+        "results/{sample}/merged/output_{k}_merged.pt",
+    log:
+        "logs/{sample}/merge/output_{k}.log",
+    shell:
+        "virnucflow merge --dnabert {input.dnabert} --esm {input.esm} --output {output} > {log} 2>&1"
+
+
+rule classify:
+    input:
+        unpack(lambda wc: model_files()),
+        merged=merged_parts,
+    output:
+        results="results/{sample}/prediction_results.txt",
+        highest="results/{sample}/prediction_results_highestscore.csv",
+    params:
+        model=CLASSIFIER,
+        out_dir=subpath(output.results, parent=True),
+    log:
+        "logs/{sample}/classify.log",
+    shell:
+        "virnucflow classify --model {params.model} --out-dir {params.out_dir} "
+        "{input.merged} > {log} 2>&1"
