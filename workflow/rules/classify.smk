@@ -9,6 +9,8 @@ rule merge:
         "results/{sample}/merged/output_{k}_merged.pt",
     log:
         "logs/{sample}/merge/output_{k}.log",
+    conda:
+        "../envs/virnucflow.yaml"
     shell:
         "virnucflow merge --dnabert {input.dnabert} --esm {input.esm} --output {output} > {log} 2>&1"
 
@@ -20,11 +22,13 @@ rule classify:
     output:
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",
+    log:
+        "logs/{sample}/classify.log",
+    conda:
+        "../envs/virnucflow.yaml"
     params:
         model=CLASSIFIER,
         out_dir=subpath(output.results, parent=True),
-    log:
-        "logs/{sample}/classify.log",
     shell:
         "virnucflow classify --model {params.model} --out-dir {params.out_dir} "
         "{input.merged} > {log} 2>&1"

@@ -6,20 +6,23 @@ import re
 
 from snakemake.utils import validate
 
-
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 
 def _read_samples(path):
     with open(path, newline="") as fh:
         rows = [
-            r for r in csv.DictReader(fh, delimiter="\t") if any((v or "").strip() for v in r.values())
+            r
+            for r in csv.DictReader(fh, delimiter="\t")
+            if any((v or "").strip() for v in r.values())
         ]
     seen = set()
     for row in rows:
         validate(row, workflow.source_path("../schemas/samples.schema.yaml"))
         if row["sample"] in seen:
-            raise ValueError(f"{path}: sample '{row['sample']}' is listed twice; give each sample one row")
+            raise ValueError(
+                f"{path}: sample '{row['sample']}' is listed twice; give each sample one row"
+            )
         seen.add(row["sample"])
         if not os.path.isfile(row["fasta"]):
             raise ValueError(
@@ -39,7 +42,9 @@ if str(CHUNK_SIZE) not in {str(k) for k in MODELS["classifiers"]}:
         f"config: chunk_size {CHUNK_SIZE} has no classifier; add models.classifiers.{CHUNK_SIZE} "
         "(the original's 300_model.pth or 500_model.pth)"
     )
-CLASSIFIER = MODELS["classifiers"].get(CHUNK_SIZE, MODELS["classifiers"].get(str(CHUNK_SIZE)))
+CLASSIFIER = MODELS["classifiers"].get(
+    CHUNK_SIZE, MODELS["classifiers"].get(str(CHUNK_SIZE))
+)
 
 
 wildcard_constraints:
@@ -65,7 +70,9 @@ def model_files():
 
 def part_numbers(wildcards):
     parts = checkpoints.split_parts.get(sample=wildcards.sample).output[0]
-    return sorted(glob_wildcards(os.path.join(parts, "output_{k,[0-9]+}.fa")).k, key=int)
+    return sorted(
+        glob_wildcards(os.path.join(parts, "output_{k,[0-9]+}.fa")).k, key=int
+    )
 
 
 def merged_parts(wildcards):

@@ -9,6 +9,12 @@ rule embed_in_process:
     output:
         dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
         esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
+    log:
+        "logs/{sample}/embed/output_{k}.log",
+    benchmark:
+        "benchmarks/{sample}/embed/output_{k}.tsv"
+    conda:
+        "../envs/virnucflow.yaml"
     params:
         esm2=MODELS["esm2"],
         dnabert_s=MODELS["dnabert_s"],
@@ -18,10 +24,6 @@ rule embed_in_process:
             else ""
         ),
         device=config["embedding"]["device"],
-    log:
-        "logs/{sample}/embed/output_{k}.log",
-    benchmark:
-        "benchmarks/{sample}/embed/output_{k}.tsv"
     shell:
         "virnucflow embed --nucleotide {input.nucleotide} --protein {input.protein} "
         "--dnabert-out {output.dnabert} --esm-out {output.esm} "

@@ -9,5 +9,9 @@ rule make_demo_models:
         classifier500=f"{DEMO_DIR}/500_model.pth",
     log:
         "logs/make_demo_models.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        out_dir=subpath(output.esm2, parent=True),
     shell:
-        "virnucflow make-demo-models --out-dir {DEMO_DIR} > {log} 2>&1"
+        "virnucflow make-demo-models --out-dir {params.out_dir} > {log} 2>&1"

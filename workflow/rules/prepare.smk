@@ -6,10 +6,12 @@ rule chunk:
         lambda wc: SAMPLES[wc.sample],
     output:
         "results/{sample}/chunked.fa",
-    params:
-        size=CHUNK_SIZE,
     log:
         "logs/{sample}/chunk.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        size=CHUNK_SIZE,
     shell:
         "virnucflow chunk --size {params.size} {input} {output} > {log} 2>&1"
 
@@ -22,6 +24,8 @@ rule translate:
         protein="results/{sample}/identified_protein.faa",
     log:
         "logs/{sample}/translate.log",
+    conda:
+        "../envs/virnucflow.yaml"
     shell:
         "virnucflow translate {input} --nucleotide {output.nucleotide} "
         "--protein {output.protein} > {log} 2>&1"
@@ -33,10 +37,12 @@ checkpoint split_parts:
         protein="results/{sample}/identified_protein.faa",
     output:
         directory("results/{sample}/parts"),
-    params:
-        n=config["records_per_file"],
     log:
         "logs/{sample}/split.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        n=config["records_per_file"],
     shell:
         "virnucflow split --nucleotide {input.nucleotide} --protein {input.protein} "
         "--records-per-file {params.n} --out-dir {output} > {log} 2>&1"
