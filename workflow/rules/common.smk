@@ -1,6 +1,7 @@
 # Config and sample-sheet validation, and the input functions shared by the rules.
 
 import csv
+import subprocess
 import os
 import re
 
@@ -88,4 +89,86 @@ def final_outputs():
         "results/{sample}/{name}",
         sample=SAMPLES,
         name=["prediction_results.txt", "prediction_results_highestscore.csv"],
+    )
+
+
+# --- embedding: in-process, or through one resident sidecar per GPU -------------------------
+
+EMBED = config.setdefault("embedding", {})
+EMBED.setdefault("sidecar", True)
+EMBED.setdefault("device", "auto")
+USE_SIDECAR = EMBED["sidecar"]
+EXTERNAL_ENDPOINT = EMBED.get("endpoint_file")
+# Sidecars started by this run exit when this process is gone, however it ends (kill -9 included).
+SNAKEMAKE_PID = os.getpid()
+SIDECAR_DIR = ".virnucflow/sidecar"
+
+
+def visible_gpus():
+    """GPU ordinals, chosen deterministically: the config's list, else all that CUDA_VISIBLE_DEVICES
+    (or nvidia-smi) shows, numbered 0..n-1 as torch will see them. Snakemake assigns no GPU ids.
+    """
+    if EMBED["device"] == "cpu":
+        return []
+    if EMBED.get("gpus") is not None:
+        return list(EMBED["gpus"])
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        return list(
+            range(len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"]))
+        )
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
+
+
+GPUS = visible_gpus()
+SIDECAR_SLOTS = [f"gpu{g}" for g in GPUS] or ["cpu"]
+
+
+def sidecar_device(slot):
+    return "cpu" if slot == "cpu" else f"cuda:{slot[3:]}"
+
+
+def slot_of(wildcards):
+    """Spread the parts over the sidecars: round robin over (sample, part)."""
+    index = list(SAMPLES).index(wildcards.sample) + int(wildcards.k)
+    return SIDECAR_SLOTS[index % len(SIDECAR_SLOTS)]
+
+
+def endpoint_file(slot):
+    return EXTERNAL_ENDPOINT or f"{SIDECAR_DIR}/{slot}.json"
+
+
+def serve_args(slot):
+    revision = MODELS.get("dnabert_s_revision")
+    args = [
+        f"--esm2 {MODELS['esm2']}",
+        f"--dnabert-s {MODELS['dnabert_s']}",
+        f"--dnabert-revision {revision}" if revision else "",
+        f"--device {sidecar_device(slot)}",
+        f"--watch-pid {SNAKEMAKE_PID}",
+        f"--idle-timeout {EMBED.get('idle_timeout', 3600)}",
+        f"--log logs/sidecar/{slot}.server.log",
+    ]
+    return " ".join(a for a in args if a)
+
+
+def sidecar_inputs(wildcards):
+    if EXTERNAL_ENDPOINT:
+        return {}
+    return {"sidecar": f"{SIDECAR_DIR}/{slot_of(wildcards)}.started"}
+
+
+def ensure_command(wildcards):
+    """Each client first makes sure its sidecar lives: a rerun or a --retries attempt restarts a dead one."""
+    if EXTERNAL_ENDPOINT:
+        return ""
+    slot = slot_of(wildcards)
+    return (
+        f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && "
     )

@@ -1,31 +1,80 @@
 # Embedding of each part: DNABERT-S on the frames' DNA, ESM-2 on their proteins.
+# With `embedding.sidecar: true` (the default) each part is sent to a resident sidecar that holds
+# both models (docs/architecture.md says why it is started this way); otherwise each job loads them.
 
 
-rule embed_in_process:
-    input:
-        unpack(lambda wc: model_files()),
-        nucleotide="results/{sample}/parts/output_{k}.fa",
-        protein="results/{sample}/parts/output_{k}.faa",
-    output:
-        dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
-        esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
-    log:
-        "logs/{sample}/embed/output_{k}.log",
-    benchmark:
-        "benchmarks/{sample}/embed/output_{k}.tsv"
-    conda:
-        "../envs/virnucflow.yaml"
-    params:
-        esm2=MODELS["esm2"],
-        dnabert_s=MODELS["dnabert_s"],
-        revision=(
-            f"--dnabert-revision {MODELS['dnabert_s_revision']}"
-            if MODELS.get("dnabert_s_revision")
-            else ""
-        ),
-        device=config["embedding"]["device"],
-    shell:
-        "virnucflow embed --nucleotide {input.nucleotide} --protein {input.protein} "
-        "--dnabert-out {output.dnabert} --esm-out {output.esm} "
-        "--esm2 {params.esm2} --dnabert-s {params.dnabert_s} {params.revision} "
-        "--device {params.device} > {log} 2>&1"
+if USE_SIDECAR and not EXTERNAL_ENDPOINT:
+
+    rule sidecar:
+        # Starts (or finds) the sidecar of one GPU early, so models load while the input is prepared.
+        input:
+            unpack(lambda wc: model_files()),
+        output:
+            temp(f"{SIDECAR_DIR}/{{slot}}.started"),
+        log:
+            "logs/sidecar/{slot}.start.log",
+        localrule: True
+        conda:
+            "../envs/virnucflow.yaml"
+        params:
+            endpoint=lambda wc: endpoint_file(wc.slot),
+            serve=lambda wc: serve_args(wc.slot),
+        shell:
+            "sidecar ensure --endpoint-file {params.endpoint} {params.serve} > {log} 2>&1 "
+            "&& touch {output}"
+
+
+if USE_SIDECAR:
+
+    rule embed_via_sidecar:
+        input:
+            unpack(sidecar_inputs),
+            nucleotide="results/{sample}/parts/output_{k}.fa",
+            protein="results/{sample}/parts/output_{k}.faa",
+        output:
+            dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
+            esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
+        log:
+            "logs/{sample}/embed/output_{k}.log",
+        benchmark:
+            "benchmarks/{sample}/embed/output_{k}.tsv"
+        conda:
+            "../envs/virnucflow.yaml"
+        params:
+            ensure=ensure_command,
+            endpoint=lambda wc: endpoint_file(slot_of(wc)),
+        shell:
+            "({params.ensure}sidecar embed --endpoint-file {params.endpoint} "
+            "--nucleotide {input.nucleotide} --protein {input.protein} "
+            "--dnabert-out {output.dnabert} --esm-out {output.esm}) > {log} 2>&1"
+
+else:
+
+    rule embed_in_process:
+        input:
+            unpack(lambda wc: model_files()),
+            nucleotide="results/{sample}/parts/output_{k}.fa",
+            protein="results/{sample}/parts/output_{k}.faa",
+        output:
+            dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
+            esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
+        log:
+            "logs/{sample}/embed/output_{k}.log",
+        benchmark:
+            "benchmarks/{sample}/embed/output_{k}.tsv"
+        conda:
+            "../envs/virnucflow.yaml"
+        params:
+            esm2=MODELS["esm2"],
+            dnabert_s=MODELS["dnabert_s"],
+            revision=(
+                f"--dnabert-revision {MODELS['dnabert_s_revision']}"
+                if MODELS.get("dnabert_s_revision")
+                else ""
+            ),
+            device=EMBED["device"],
+        shell:
+            "virnucflow embed --nucleotide {input.nucleotide} --protein {input.protein} "
+            "--dnabert-out {output.dnabert} --esm-out {output.esm} "
+            "--esm2 {params.esm2} --dnabert-s {params.dnabert_s} {params.revision} "
+            "--device {params.device} > {log} 2>&1"
