@@ -1,0 +1,191 @@
+"""ESM-2 loading (fair-esm checkpoints, offline) and exact (original-numerics) protein embedding.
+
+What the original does (VirNucPro `units.extract_esm`): fair-esm `esm2_t36_3B_UR50D`, fp32,
+`repr_layers=[36]` (the final layer, after `emb_layer_norm_after`), batches of <= 2048 tokens
+from `FastaBatchedDataset.get_batch_indices(2048, extra_toks_per_seq=1)`, collated by
+`alphabet.get_batch_converter()` WITHOUT a truncation length, so the model always sees the whole
+protein. Its `truncation_seq_length=1024` only bounds the mean: `t[i, 1 : min(1024, len) + 1]`,
+i.e. residues 1..min(len, 1024); BOS (position 0), EOS and padding are excluded, residues past
+1024 are seen by attention but left out of the mean. (fair-esm's scripts/extract.py instead
+hands its 1022 to the batch converter, which cuts the input.) fair-esm's forward applies the token-dropout rescaling itself: embeddings are
+multiplied by (1 - 0.15 * 0.8) / (1 - mask ratio) = 0.88 when no token is <mask>.
+
+Exact mode here runs ONE protein per forward (the original's padded batches make a protein's
+vector depend slightly on its batch mates: fair-esm issue 273), fp32, same slice and mean.
+
+Loading: `esm.pretrained.load_model_and_alphabet_local` fails on torch >= 2.6 and wants a
+contact-regression file, so the checkpoint is read here with `torch.load(weights_only=True)`,
+allowing `argparse.Namespace` (the real files pickle `cfg['model']` as one). If a checkpoint
+pickles any other class, loading falls back to `weights_only=False` with a warning: that runs
+the file's pickle, as fair-esm itself always did, so only load checkpoints you trust. The model
+is then built like fair-esm's `_load_model_and_alphabet_core_v2` (the ESM2 class, ESM-1b
+alphabet, 'encoder.sentence_encoder.' / 'encoder.' prefixes removed, the same key check) but on
+the meta device, and the weights are assigned after an exact upcast to fp32 (what fair-esm's
+`load_state_dict` copy does to the fp16 file), which skips ~22 s of random init for the 3B
+model. The contact head (absent without the regression file, unused here) is zero-filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from virnucflow.errors import InputError
+
+TRUNCATION_SEQ_LENGTH = 1024
+_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
+_CONTACT_KEYS = {"contact_head.regression.weight", "contact_head.regression.bias"}
+
+
+class Esm2:
+    """A loaded fair-esm ESM-2 model; `embed` reproduces the original's features."""
+
+    def __init__(self, model, alphabet, name: str, device: str):
+        self.model = model
+        self.alphabet = alphabet
+        self.batch_converter = alphabet.get_batch_converter()
+        self.name = name
+        self.device = device
+        self.dim = model.embed_dim
+        self.layer = model.num_layers
+
+    def count_tokens(self, protein: str) -> int:
+        return len(protein) + 2
+
+    def embed(self, proteins: list[str]) -> np.ndarray:
+        """float32 [N, dim]: mean of the last layer over residues 1..min(len, 1024)."""
+        out = np.empty((len(proteins), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for i, protein in enumerate(proteins):
+                if not protein:
+                    raise ValueError("cannot embed an empty protein")
+                _, _, tokens = self.batch_converter([("", protein)])
+                result = self.model(tokens.to(self.device), repr_layers=[self.layer])
+                representation = result["representations"][self.layer]
+                end = min(TRUNCATION_SEQ_LENGTH, len(protein)) + 1
+                out[i] = representation[0, 1:end].mean(0).cpu().numpy()
+        return out
+
+
+def checkpoint_path(source: str) -> Path:
+    """A fair-esm model name (looked up in $TORCH_HOME/hub/checkpoints) or a .pt path."""
+    if source.endswith(".pt") or "/" in source or os.sep in source:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise InputError(f"ESM-2 checkpoint not found: {path}")
+        return path
+    path = Path(torch.hub.get_dir()) / "checkpoints" / f"{source}.pt"
+    if not path.is_file():
+        raise InputError(
+            f"ESM-2 model {source} not found at {path}: download "
+            f"https://dl.fbaipublicfiles.com/fair-esm/models/{source}.pt there "
+            "(or set TORCH_HOME), or give a .pt path"
+        )
+    return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    mmap = zipfile.is_zipfile(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        warnings.warn(
+            f"{path} pickles more than tensors and argparse.Namespace; loading it with "
+            f"weights_only=False (runs its pickle; trust the file). {str(error).splitlines()[0]}",
+            stacklevel=3,
+        )
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+
+
+def build_model(data: dict, where: str):
+    """ESM2 + alphabet from checkpoint data, as fair-esm's v2 loader but without random init."""
+    import esm
+    from esm.model.esm2 import ESM2
+
+    try:
+        cfg = data["cfg"]["model"]
+        raw_state = data["model"]
+        shape = (cfg.encoder_layers, cfg.encoder_embed_dim, cfg.encoder_attention_heads)
+        token_dropout = cfg.token_dropout
+    except (KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{where} is not a fair-esm ESM-2 checkpoint ({error!r})") from error
+    state = {
+        _PREFIX.sub("", key): value.float() if value.is_floating_point() else value
+        for key, value in raw_state.items()
+    }
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    with torch.device("meta"):
+        model = ESM2(*shape, alphabet=alphabet, token_dropout=token_dropout)
+    expected = set(model.state_dict())
+    missing = expected - _CONTACT_KEYS - state.keys()
+    unexpected = state.keys() - expected
+    if missing or unexpected:
+        raise InputError(
+            f"{where} does not fit ESM-2 {shape}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    model.load_state_dict(state, strict=False, assign=True)
+    if model.contact_head.regression.weight.is_meta:
+        model.contact_head.to_empty(device="cpu")
+        torch.nn.init.zeros_(model.contact_head.regression.weight)
+        torch.nn.init.zeros_(model.contact_head.regression.bias)
+    return model, alphabet
+
+
+def load_esm2(source: str, device: str = "cpu") -> Esm2:
+    """Load a fair-esm ESM-2 checkpoint (name in the torch hub cache, or .pt path); never downloads."""
+    path = checkpoint_path(source)
+    model, alphabet = build_model(read_checkpoint(path), str(path))
+    model = model.to(device).eval().requires_grad_(False)
+    return Esm2(model, alphabet, path.stem, device)
+
+
+def write_tiny_esm2_checkpoint(
+    path: str | Path, num_layers: int = 2, embed_dim: int = 32, heads: int = 4, seed: int = 0
+) -> Path:
+    """A tiny random ESM-2 checkpoint in the real fair-esm file format (fp16, like the real files).
+
+    {'model': state dict with 'encoder.sentence_encoder.' (and 'encoder.lm_head.') keys, no
+    contact head (that lives in the separate regression file), 'cfg': {'model': Namespace}}.
+    Name the file esm2_*.pt so that fair-esm treats it as ESM-2.
+    """
+    import esm
+    from esm.model.esm2 import ESM2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+        model = ESM2(num_layers, embed_dim, heads, alphabet=alphabet, token_dropout=True)
+        state = {}
+        for key, value in model.state_dict().items():
+            if key in _CONTACT_KEYS:
+                continue
+            if "layer_norm" in key:  # make LayerNorms non-trivial so a wrong load shows
+                value = value + 0.1 * torch.randn(value.shape)
+            prefix = "encoder." if key.startswith("lm_head.") else "encoder.sentence_encoder."
+            state[prefix + key] = value.half()
+    cfg = argparse.Namespace(
+        _name="esm2",
+        arch="esm2",
+        encoder_layers=num_layers,
+        encoder_embed_dim=embed_dim,
+        encoder_ffn_embed_dim=4 * embed_dim,
+        encoder_attention_heads=heads,
+        token_dropout=True,
+        max_positions=1024,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+    torch.save({"model": state, "cfg": {"model": cfg}}, path)
+    return path
