@@ -58,10 +58,10 @@ def cmd_embed(args):
 
 
 def cmd_merge(args):
-    from virnucflow.embedding_files import load_embeddings
-    from virnucflow.features import merge_embeddings, save_merged
+    from virnucflow.features import merge_files
 
-    save_merged(args.output, merge_embeddings(load_embeddings(args.dnabert), load_embeddings(args.esm)))
+    # widths are checked against the classifier at classify time: the demo's tiny models are narrower
+    merge_files(args.dnabert, args.esm, args.output, dna_dim=None, protein_dim=None)
 
 
 def cmd_classify(args):

@@ -1,0 +1,58 @@
+"""The workflow's static checks and config validation: lint, dry run, and mistakes caught before anything runs."""
+
+import pytest
+
+from workflow_runs import REPO, snakemake, write_config
+
+
+def test_lint_is_clean(tmp_path):
+    write_config(tmp_path)
+    proc = snakemake(tmp_path, "--lint")
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout
+
+
+@pytest.mark.parametrize("sidecar", [True, False])
+def test_dry_run_plans_the_whole_pipeline(tmp_path, sidecar):
+    write_config(tmp_path, embedding={"sidecar": sidecar})
+    out = snakemake(tmp_path, "-n", "--cores", "2").stdout
+    for rule in ("make_demo_models", "chunk", "translate", "split_parts", "classify"):
+        assert rule in out
+    assert ("sidecar" in out) is sidecar
+
+
+def test_repo_demo_config_dry_runs_from_the_repo_root():
+    proc = snakemake(REPO, "-n", "--cores", "2", config=REPO / "config" / "demo.yaml")
+    assert "This was a dry-run" in proc.stdout or "Nothing to be done" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"chunk_size": 400}, "400 is not one of [300, 500]"),
+        ({"chunk_size": 300, "models": {"classifiers": {"500": "x.pth"}}}, "chunk_size 300 has no classifier"),
+        ({"chunk_sizes": 500}, "Additional properties are not allowed ('chunk_sizes' was unexpected)"),
+        ({"embedding": {"device": "gpu"}}, "does not match"),
+    ],
+)
+def test_config_mistakes_stop_before_anything_runs(tmp_path, overrides, message):
+    config = write_config(tmp_path, **overrides)
+    if "models" in overrides:  # replace, not merge, the classifier table
+        import yaml
+
+        data = yaml.safe_load(config.read_text())
+        data["models"]["classifiers"] = overrides["models"]["classifiers"]
+        config.write_text(yaml.safe_dump(data))
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout, proc.stdout[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_fasta_and_bad_sample_name_are_named(tmp_path):
+    write_config(tmp_path)
+    (tmp_path / "samples.tsv").write_text("sample\tfasta\ns1\t/nonexistent/reads.fa\n")
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0 and "/nonexistent/reads.fa' does not exist" in proc.stdout
+    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\nbad name!\t{REPO / 'resources/demo/phage_mix.fa'}\n")
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0 and "bad name!" in proc.stdout
