@@ -1,0 +1,7 @@
+"""`python -m sidecar ...` runs the sidecar command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""The endpoint ("rendezvous") file: where a sidecar listens and which process it is; plus pid liveness.
+
+Written atomically by the server right after it binds, before any model loads; read by clients and the
+launcher. Standard library only (the torch-free client imports it).
+"""
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from . import protocol
+
+
+class RendezvousError(Exception):
+    """The endpoint file is missing or unusable (one-line message)."""
+
+
+def write(path, info):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(info, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read(path):
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RendezvousError(f"no sidecar: endpoint file {path} does not exist "
+                              "(start one with `sidecar serve` or `sidecar ensure`)") from None
+    except OSError as exc:
+        raise RendezvousError(f"cannot read endpoint file {path}: {exc.strerror}") from None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise RendezvousError(f"endpoint file {path} is not JSON (is it a sidecar endpoint file?)") from None
+    if not isinstance(info, dict) or info.get("protocol") != protocol.PROTOCOL:
+        raise RendezvousError(f"endpoint file {path} is not a {protocol.PROTOCOL} endpoint file")
+    if info.get("version") != protocol.VERSION:
+        raise RendezvousError(f"endpoint file {path} is for protocol version {info.get('version')}, "
+                              f"this client speaks {protocol.VERSION}")
+    for key in ("endpoint", "pid", "host"):
+        if key not in info:
+            raise RendezvousError(f"endpoint file {path} lacks '{key}'")
+    return info
+
+
+def remove_if_ours(path, pid):
+    """Delete the endpoint file only if it still names `pid` (a successor may have replaced it)."""
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if isinstance(info, dict) and info.get("pid") == pid:
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+    return False
+
+
+def hostname():
+    return socket.gethostname()
+
+
+def is_local(info):
+    return info.get("host") == hostname()
+
+
+def start_ticks(pid):
+    """Process start time in clock ticks since boot (Linux), to tell a pid from a reused one; else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def pid_alive(pid, ticks=None):
+    """True if `pid` runs (zombies count as dead) and, when `ticks` is given, is the same process."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return ticks is None or int(fields[19]) == ticks
+
+
+def describe(info):
+    return f"sidecar pid {info.get('pid')} (endpoint {info.get('endpoint')})"
