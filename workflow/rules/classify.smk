@@ -19,6 +19,8 @@ rule classify:
     input:
         unpack(lambda wc: model_files()),
         merged=merged_parts,
+        # listed so that the temporary part files are removed once the sample is classified
+        parts="results/{sample}/parts",
     output:
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",

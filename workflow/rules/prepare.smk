@@ -37,7 +37,7 @@ checkpoint split_parts:
         nucleotide="results/{sample}/identified_nucleotide.fa",
         protein="results/{sample}/identified_protein.faa",
     output:
-        directory("results/{sample}/parts"),
+        keep(directory("results/{sample}/parts")),
     log:
         "logs/{sample}/split.log",
     conda:
