@@ -99,8 +99,6 @@ EMBED.setdefault("sidecar", True)
 EMBED.setdefault("device", "auto")
 USE_SIDECAR = EMBED["sidecar"]
 EXTERNAL_ENDPOINT = EMBED.get("endpoint_file")
-# Sidecars started by this run exit when this process is gone, however it ends (kill -9 included).
-SNAKEMAKE_PID = os.getpid()
 SIDECAR_DIR = ".virnucflow/sidecar"
 
 
@@ -151,7 +149,9 @@ def serve_args(slot):
         f"--dnabert-s {MODELS['dnabert_s']}",
         f"--dnabert-revision {revision}" if revision else "",
         f"--device {sidecar_device(slot)}",
-        f"--watch-pid {SNAKEMAKE_PID}",
+        # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
+        # it is gone, however the run ends (kill -9 included). Not a param, so it triggers no rerun.
+        "--watch-pid $PPID",
         f"--idle-timeout {EMBED.get('idle_timeout', 3600)}",
         f"--log logs/sidecar/{slot}.server.log",
     ]
