@@ -125,8 +125,8 @@ class SidecarClient:
         events = dict(self.poller.poll(timeout * 1000))
         if self.monitor in events:
             event = recv_monitor_message(self.monitor)
-            raise SidecarError(f"{self.describe()} refused the connection (CURVE handshake failed, "
-                               f"event {event['event']}): wrong or missing secret file")
+            name = getattr(event["event"], "name", event["event"])
+            raise SidecarError(f"{self.describe()} refused the connection ({name}): wrong or missing secret file")
         self._check_alive(doing)
         if self.sock not in events:
             return None

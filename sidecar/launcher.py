@@ -6,7 +6,6 @@ their own readiness wait. Standard library, pyzmq and numpy only.
 """
 
 import fcntl
-import os
 import subprocess
 import sys
 import time

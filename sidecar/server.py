@@ -85,6 +85,7 @@ class Server:
         self.endpoint = None
         self.authenticator = None
         self._worker_stop = threading.Event()
+        self.loaded = threading.Event()  # set once loading has ended, well or badly
         self._tokens_since_log = collections.Counter()
         self._last_log = time.monotonic()
         self._failed_at = None
@@ -170,6 +171,7 @@ class Server:
                 log.info("loaded %s from %s: %s, dim %d, %.2f s", name, source, backend.name, backend.dim,
                          backend.load_seconds)
                 self.backends[name] = backend
+            self.loaded.set()
             if self.state == protocol.LOADING:
                 self.state = protocol.READY
             self.last_activity = time.monotonic()
@@ -177,6 +179,7 @@ class Server:
         except BaseException as exc:  # a broken model or device: say why, then exit after FAILED_LINGER
             self.load_error = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:500]
             self.state = protocol.FAILED
+            self.loaded.set()
             log.error("model loading failed: %s", self.load_error)
             self._wake()
             return
@@ -225,7 +228,8 @@ class Server:
             worker.start()
             code = self._loop()
             self._worker_stop.set()
-            worker.join(timeout=5.0)
+            if self.loaded.is_set():  # a model load cannot be interrupted: do not wait for one
+                worker.join(timeout=2.0)
             return code
         finally:
             self._cleanup()
@@ -250,12 +254,20 @@ class Server:
         drain_deadline = None
         while True:
             events = dict(poller.poll(timeout=TICK * 1000))
+            now = time.monotonic()
             if self.wake_recv in events:
                 while True:
                     try:
                         self.wake_recv.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+            if self.stop_reason and drain_deadline is None and self.state != protocol.FAILED:
+                # before reading new requests, so that none is accepted after a stop was asked for
+                log.info("stopping: %s; draining %d queued request(s)", self.stop_reason,
+                         self.batcher.depth()["requests"])
+                self.state = protocol.DRAINING
+                self.batcher.close()
+                drain_deadline = now + (0.0 if self.urgent else self.cfg.drain_timeout)
             self._send_finished()
             if self.router in events:
                 for _ in range(1000):  # bounded so the outbox keeps flowing under a flood of requests
@@ -264,7 +276,6 @@ class Server:
                     except zmq.Again:
                         break
                     self._handle(frames)
-            now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK
                 self._housekeeping(now)
@@ -273,25 +284,20 @@ class Server:
                 if self.stop_reason or now - self._failed_at > FAILED_LINGER:
                     return 1
                 continue
-            if self.stop_reason and drain_deadline is None:
-                log.info("stopping: %s; draining %d queued request(s)", self.stop_reason,
-                         self.batcher.depth()["requests"])
-                self.state = protocol.DRAINING
-                self.batcher.close()
-                drain_deadline = now + (0.0 if self.urgent else self.cfg.drain_timeout)
-            if drain_deadline is not None:
-                if self.urgent:
-                    drain_deadline = min(drain_deadline, now)
-                if now >= drain_deadline:
-                    cancelled = self.batcher.cancel_pending("the sidecar is shutting down")
-                    if cancelled:
-                        self.outbox.extend(cancelled)
-                        self._send_finished()
-                    # whatever the worker holds now finishes its batch; give it a bounded grace
-                    if self.batcher.depth()["requests"] == 0 or now >= drain_deadline + 60.0:
-                        return 0
-                elif self.batcher.depth()["requests"] == 0:
+            if drain_deadline is None:
+                continue
+            if self.urgent:
+                drain_deadline = min(drain_deadline, now)
+            if now >= drain_deadline:
+                cancelled = self.batcher.cancel_pending("the sidecar is shutting down")
+                if cancelled:
+                    self.outbox.extend(cancelled)
+                    self._send_finished()
+                # the batch the worker holds still finishes; give it a bounded grace
+                if self.batcher.depth()["requests"] == 0 or now >= drain_deadline + 60.0:
                     return 0
+            elif self.batcher.depth()["requests"] == 0:
+                return 0
 
     def _housekeeping(self, now):
         if self.stop_reason is None:
@@ -441,7 +447,7 @@ class Server:
                 "compute_s": round(st.compute_s, 3),
             }
         memory = {"rss_bytes": _rss_bytes()}
-        if self.state in (protocol.READY, protocol.DRAINING):
+        if self.loaded.is_set() and self.state != protocol.FAILED:
             from . import backends
 
             cuda = backends.cuda_memory(self.device)

@@ -1,0 +1,251 @@
+"""The sidecar's lifecycle end to end: shutdown, orphan exits, a dead sidecar, TCP secrets, the launcher.
+
+Each test runs its own `sidecar serve` child process with the real tiny models.
+"""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from sidecar import auth, protocol
+from sidecar.client import SidecarClient, SidecarError
+from sidecar.launcher import ensure_sidecar
+from test_sidecar_support import (REPO, model_args, models, pools, raw_dealer, recv_header,  # noqa: F401
+                                  reference, spawn)
+
+
+# ---- shutdown and orphan handling -------------------------------------------------------------
+
+def test_sigterm_finishes_in_flight_work_then_exits_cleanly(spawn, models, reference):
+    sidecar = spawn(*model_args(models, ["esm2"]))
+    sidecar.wait_ready()
+    endpoint = sidecar.wait_file()["endpoint"]
+    socket_dir = Path(endpoint[len("ipc://"):]).parent
+    pool = pools()["esm2"]
+    big = pool * 15
+    outcome = {}
+
+    def work():
+        with sidecar.client() as client:
+            outcome["vectors"] = client.embed("esm2", [str(i) for i in range(len(big))], big)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 10
+    with sidecar.client() as client:
+        while client.status()["queue"]["requests"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    sidecar.proc.send_signal(signal.SIGTERM)
+    with sidecar.client() as client:
+        while client.ping()["state"] != "stopping":
+            assert time.monotonic() < deadline
+    late = raw_dealer(endpoint)
+    late.send_multipart(protocol.embed("esm2", ["late"], ["MKV"], request_id="late"))
+    head, _ = recv_header(late)
+    assert head["code"] == "shutting_down"
+    thread.join(30)
+    assert np.array_equal(outcome["vectors"], np.concatenate([reference["esm2"]] * 15))
+    assert sidecar.wait_exit(15) == 0
+    assert not sidecar.endpoint_file.exists() and not socket_dir.exists()
+    assert "SIGTERM received" in sidecar.log.read_text()
+
+
+def test_exits_when_the_watched_process_is_gone(spawn, models):
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        sidecar = spawn(*model_args(models, ["dnabert_s"]), "--watch-pid", parent.pid)
+        sidecar.wait_ready()
+    finally:
+        parent.kill()
+        parent.wait()
+    start = time.monotonic()
+    assert sidecar.wait_exit(10) == 0
+    assert time.monotonic() - start < 3
+    assert not sidecar.endpoint_file.exists()
+    assert f"watched pid {parent.pid} is gone" in sidecar.log.read_text()
+
+
+def test_exits_when_its_endpoint_file_is_removed_even_while_loading(spawn, models):
+    sidecar = spawn(*model_args(models, ["dnabert_s"]))
+    socket_dir = Path(sidecar.wait_file()["endpoint"][len("ipc://"):]).parent
+    sidecar.endpoint_file.unlink()
+    removed = time.monotonic()
+    assert sidecar.wait_exit(10) == 0
+    assert time.monotonic() - removed < 2  # it does not wait for the models to finish loading
+    assert not socket_dir.exists()
+    assert "was removed" in sidecar.log.read_text()
+
+
+def test_exits_after_the_idle_timeout(spawn, models):
+    sidecar = spawn(*model_args(models, ["dnabert_s"]), "--idle-timeout", "1.5")
+    sidecar.wait_ready()
+    with sidecar.client() as client:
+        client.embed("dnabert_s", ["a"], ["ACGTACGT"])
+        time.sleep(1.0)
+        client.embed("dnabert_s", ["a"], ["ACGTACGT"])  # a request resets the clock
+    start = time.monotonic()
+    assert sidecar.wait_exit(10) == 0
+    assert 1.0 < time.monotonic() - start < 4
+    assert "idle for 1.5 s" in sidecar.log.read_text()
+
+
+def test_a_second_server_refuses_a_live_endpoint_file(spawn, models, tmp_path):
+    first = spawn(*model_args(models, ["dnabert_s"]))
+    first.wait_file()
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "serve", "--endpoint-file", str(first.endpoint_file),
+                           *model_args(models, ["dnabert_s"])], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "already names a running sidecar pid" in proc.stderr
+    assert json.loads(first.endpoint_file.read_text())["pid"] == first.proc.pid
+
+
+def test_failed_model_load_is_reported_to_waiting_clients(spawn, tmp_path):
+    sidecar = spawn("--esm2", tmp_path / "missing_esm2.pt")
+    with sidecar.client(ready_timeout=30) as client:
+        with pytest.raises(SidecarError, match="could not load its models: .*missing_esm2"):
+            client.wait_ready()
+
+
+# ---- a dead sidecar ---------------------------------------------------------------------------
+
+def test_a_killed_sidecar_gives_its_clients_a_clear_error_fast(spawn, models, tmp_path):
+    sidecar = spawn(*model_args(models))
+    sidecar.wait_ready()
+    proteins = pools(n=40)["esm2"] * 50  # ~ seconds of work: still running when the sidecar dies
+    (tmp_path / "big.faa").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(proteins)))
+    (tmp_path / "big.fa").write_text(">d0\nACGTACGTAA\n")
+    out = tmp_path / "out"
+    embed = subprocess.Popen([sys.executable, "-m", "sidecar", "embed", "--endpoint-file", str(sidecar.endpoint_file),
+                              "--nucleotide", str(tmp_path / "big.fa"), "--protein", str(tmp_path / "big.faa"),
+                              "--dnabert-out", str(out / "A.npz"), "--esm-out", str(out / "B.npz")],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    with sidecar.client() as client:
+        while client.status()["models"]["esm2"]["requests"] == 0:
+            assert time.monotonic() < deadline and embed.poll() is None
+            time.sleep(0.01)
+    sidecar.proc.kill()
+    killed = time.monotonic()
+    _, stderr = embed.communicate(timeout=30)
+    assert time.monotonic() - killed < 3
+    assert embed.returncode == 3
+    assert stderr.count("\n") == 1, stderr
+    assert f"sidecar pid {sidecar.proc.pid}" in stderr and "died while embedding" in stderr
+    assert "big.faa" in stderr and "--retries" in stderr
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_no_sidecar_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "status", "--endpoint-file", str(tmp_path / "none.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+
+
+# ---- TCP with a shared secret -----------------------------------------------------------------
+
+def test_tcp_needs_the_secret(spawn, models, tmp_path):
+    secret = tmp_path / "secret.json"
+    sidecar = spawn(*model_args(models, ["dnabert_s"]), "--tcp", "127.0.0.1:0", "--secret-file", secret)
+    info = sidecar.wait_file()
+    assert info["endpoint"].startswith("tcp://127.0.0.1:")
+    assert info["auth"]["mechanism"] == "curve" and info["auth"]["secret_file"] == str(secret)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    with sidecar.client() as client:  # the secret named by the endpoint file
+        client.wait_ready()
+        assert client.embed("dnabert_s", ["a"], ["ACGTACGT"]).shape == (1, 64)
+
+    plain = raw_dealer(info["endpoint"])  # no CURVE at all: nothing comes back
+    plain.send_multipart(protocol.ping())
+    plain.send_multipart(protocol.embed("dnabert_s", ["a"], ["ACGT"]))
+    assert plain.poll(1500) == 0
+
+    wrong = auth.create(tmp_path / "other.json")
+    keys = auth.load(secret)
+    impostor = zmq.Context.instance().socket(zmq.DEALER)  # knows the server key, not the client secret
+    impostor.setsockopt(zmq.LINGER, 0)
+    auth.setup_client(impostor, dict(wrong, server_public=keys["server_public"]))
+    impostor.connect(info["endpoint"])
+    impostor.send_multipart(protocol.ping())
+    assert impostor.poll(1500) == 0
+    with sidecar.client(secret_file=tmp_path / "other.json") as client:
+        with pytest.raises(SidecarError, match="refused the connection"):
+            client.ping(timeout=5)
+    with sidecar.client() as client:
+        assert client.status()["models"]["dnabert_s"]["requests"] == 1
+
+
+def test_tcp_without_a_secret_file_does_not_start(tmp_path, models):
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "serve", "--endpoint-file", str(tmp_path / "e.json"),
+                           *model_args(models, ["dnabert_s"]), "--tcp", "127.0.0.1:0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "--secret-file" in proc.stderr and not (tmp_path / "e.json").exists()
+
+
+def test_an_open_secret_file_is_refused(tmp_path):
+    path = tmp_path / "s.json"
+    auth.create(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(auth.SecretError, match="chmod 600"):
+        auth.load(path)
+
+
+# ---- the launcher -----------------------------------------------------------------------------
+
+def test_ensure_starts_one_detached_sidecar_for_many_callers(models, tmp_path):
+    endpoint_file = tmp_path / "run" / "gpu0.json"
+    serve = [*model_args(models, ["dnabert_s"]), "--threads", "1"]
+    (tmp_path / "run").mkdir()
+    endpoint_file.write_text(json.dumps({"protocol": protocol.PROTOCOL, "version": protocol.VERSION,
+                                         "endpoint": "ipc:///nonexistent", "pid": 999999, "host": os.uname()[1]}))
+    infos, errors = [], []
+
+    def call():
+        try:
+            infos.append(ensure_sidecar(endpoint_file, serve, timeout=30))
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    bound_after = time.monotonic() - start
+    assert not errors, errors
+    pids = {info["pid"] for info in infos}
+    assert len(pids) == 1 and 999999 not in pids  # the stale file was replaced, by one server only
+    pid = pids.pop()
+    try:
+        assert os.getsid(pid) == pid  # its own session: a Ctrl-C or group kill of the caller spares it
+        with SidecarClient(endpoint_file) as client:
+            print(f"bound after {bound_after:.2f} s, state then {client.ping()['state']}")
+            client.wait_ready()
+        again = ensure_sidecar(endpoint_file, serve, wait="ready")
+        assert again["pid"] == pid
+        proc = subprocess.run([sys.executable, "-m", "sidecar", "stop", "--endpoint-file", str(endpoint_file)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert not endpoint_file.exists()
+        assert "loaded dnabert_s" in (tmp_path / "run" / "gpu0.json.log").read_text()
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_ensure_reports_a_server_that_cannot_start(tmp_path):
+    with pytest.raises(SidecarError, match="exited with code"):
+        ensure_sidecar(tmp_path / "e.json", ["--tcp", "127.0.0.1:0"], timeout=30)
