@@ -29,6 +29,7 @@ from .batcher import Batcher, Busy, Closed, Job
 log = logging.getLogger("sidecar")
 
 TICK = 0.5  # seconds between housekeeping checks (orphan, idle, throughput log)
+SOCKET_PREFIX = "virnucflow-sidecar-"
 FAILED_LINGER = 10.0  # seconds a server whose models failed to load keeps explaining why before exiting
 
 
@@ -89,6 +90,7 @@ class Server:
         self._tokens_since_log = collections.Counter()
         self._last_log = time.monotonic()
         self._failed_at = None
+        self._watch_ticks = rendezvous.start_ticks(config.watch_pid) if config.watch_pid else None
 
     # ---- setup ------------------------------------------------------------------------------
 
@@ -97,11 +99,18 @@ class Server:
             info = rendezvous.read(self.cfg.endpoint_file)
         except rendezvous.RendezvousError:
             return
-        if rendezvous.is_local(info) and info["pid"] != self.pid and rendezvous.pid_alive(
-                info["pid"], info.get("pid_start")):
+        if not rendezvous.is_local(info) or info["pid"] == self.pid:
+            return
+        if rendezvous.pid_alive(info["pid"], info.get("pid_start")):
             raise StartupError(f"endpoint file {self.cfg.endpoint_file} already names a running "
                                f"{rendezvous.describe(info)}; stop it first (sidecar stop --endpoint-file "
                                f"{self.cfg.endpoint_file})")
+        # A predecessor killed with SIGKILL left its private socket directory behind: remove it.
+        endpoint = str(info.get("endpoint", ""))
+        if endpoint.startswith("ipc://"):
+            stale = Path(endpoint[len("ipc://"):]).parent
+            if stale.name.startswith(SOCKET_PREFIX) and stale.is_dir() and stale.stat().st_uid == os.getuid():
+                shutil.rmtree(stale, ignore_errors=True)
 
     def _bind(self):
         self.context = zmq.Context()
@@ -131,7 +140,7 @@ class Server:
                          "server_public_key": keys["server_public"].decode("ascii")}
         else:
             base = self.cfg.socket_dir or _default_socket_base()
-            self.socket_dir = tempfile.mkdtemp(prefix="virnucflow-sidecar-", dir=base)  # mode 0700
+            self.socket_dir = tempfile.mkdtemp(prefix=SOCKET_PREFIX, dir=base)  # mode 0700
             os.chmod(self.socket_dir, stat.S_IRWXU)
             path = os.path.join(self.socket_dir, "socket")
             if len(path.encode()) > 100:
@@ -316,7 +325,7 @@ class Server:
             self._last_log = now
 
     def _orphan_reason(self, now):
-        if self.cfg.watch_pid and not rendezvous.pid_alive(self.cfg.watch_pid):
+        if self.cfg.watch_pid and not rendezvous.pid_alive(self.cfg.watch_pid, self._watch_ticks):
             return f"watched pid {self.cfg.watch_pid} is gone"
         try:
             info = rendezvous.read(self.cfg.endpoint_file)

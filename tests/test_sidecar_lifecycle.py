@@ -249,3 +249,26 @@ def test_ensure_starts_one_detached_sidecar_for_many_callers(models, tmp_path):
 def test_ensure_reports_a_server_that_cannot_start(tmp_path):
     with pytest.raises(SidecarError, match="exited with code"):
         ensure_sidecar(tmp_path / "e.json", ["--tcp", "127.0.0.1:0"], timeout=30)
+
+
+def test_embed_with_ensure_replaces_a_killed_sidecar(models, tmp_path):
+    endpoint_file = tmp_path / "ep.json"
+    serve = [*model_args(models, ["dnabert_s"]), "--threads", "1", "--idle-timeout", "60"]
+    first = ensure_sidecar(endpoint_file, serve)["pid"]
+    os.kill(first, signal.SIGKILL)
+    dna = pools(n=6)["dnabert_s"]
+    (tmp_path / "x.fa").write_text("".join(f">d{i}\n{s}\n" for i, s in enumerate(dna)))
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "embed", "--endpoint-file", str(endpoint_file),
+                           "--nucleotide", str(tmp_path / "x.fa"), "--dnabert-out", str(tmp_path / "A.npz"),
+                           "--ensure", *serve], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads(endpoint_file.read_text())["pid"]
+    try:
+        assert second != first
+        from virnucflow.embedding_files import load_embeddings
+
+        ids, data = load_embeddings(tmp_path / "A.npz")
+        assert ids == [f"d{i}" for i in range(6)] and np.array_equal(data, models["dnabert_s"].embed(dna))
+    finally:
+        with SidecarClient(endpoint_file) as client:
+            client.stop()

@@ -1,0 +1,88 @@
+"""Sidecar backends over the real tiny models: one load, exact vectors, halving on CUDA out-of-memory."""
+
+import numpy as np
+import pytest
+import torch
+
+from sidecar.backends import SequenceFailed, configure_device, cuda_memory, make_backend
+from test_sidecar_support import models, pools  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def backends(models):
+    return {"esm2": make_backend("esm2", models["esm2_path"]).load(),
+            "dnabert_s": make_backend("dnabert_s", models["dnabert_path"]).load()}
+
+
+def test_backends_load_once_and_embed_exactly_like_the_models(backends, models):
+    for key, seqs in pools(n=12).items():
+        backend = backends[key]
+        assert backend.loads == 1 and backend.load_seconds > 0 and backend.dim == models[key].dim
+        assert backend.count_tokens(seqs[0]) == models[key].count_tokens(seqs[0])
+        assert np.array_equal(backend.embed_batch(seqs), models[key].embed(seqs))
+
+
+class OomAbove:
+    """Wraps a real model's embed: raises CUDA out-of-memory for batches larger than `limit`."""
+
+    def __init__(self, model, limit):
+        self.model, self.limit, self.calls = model, limit, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def embed(self, seqs):
+        self.calls.append(len(seqs))
+        if len(seqs) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.model.embed(seqs)
+
+
+def test_out_of_memory_splits_the_batch_in_halves(backends):
+    backend = backends["esm2"]
+    seqs = pools(n=10)["esm2"]
+    expected = backend.embed_batch(seqs)
+    real = backend.model
+    backend.model = OomAbove(real, limit=3)
+    try:
+        got = backend.embed_batch(seqs)
+        assert backend.model.calls == [10, 5, 2, 3, 5, 2, 3]
+        assert np.array_equal(got, expected)
+        backend.model = OomAbove(real, limit=0)  # even one sequence does not fit
+        with pytest.raises(SequenceFailed, match="out of memory on one sequence"):
+            backend.embed_batch(seqs[:1])
+        matrix, errors = backend.embed_rows(seqs[:2])
+        assert set(errors) == {0, 1} and all("out of memory" in e for e in errors.values())
+    finally:
+        backend.model = real
+
+
+def test_a_failing_sequence_fails_alone(backends):
+    backend = backends["dnabert_s"]
+    seqs = pools(n=4)["dnabert_s"]
+    real = backend.model
+
+    class RejectsSecond(OomAbove):
+        def embed(self, batch):
+            if seqs[1] in batch:
+                raise ValueError("bad sequence")
+            return self.model.embed(batch)
+
+    backend.model = RejectsSecond(real, limit=99)
+    try:
+        matrix, errors = backend.embed_rows(seqs)
+    finally:
+        backend.model = real
+    assert list(errors) == [1] and "ValueError: bad sequence" in errors[1]
+    assert np.array_equal(matrix[[0, 2, 3]], real.embed([seqs[0], seqs[2], seqs[3]]))
+
+
+def test_device_checks():
+    assert configure_device("cpu") == "cpu" and cuda_memory("cpu") is None
+    with pytest.raises(ValueError, match="unsupported device"):
+        configure_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            configure_device("cuda:0")
+    with pytest.raises(ValueError, match="unknown model"):
+        make_backend("bert", "x")
