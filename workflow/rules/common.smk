@@ -173,9 +173,3 @@ def ensure_command(wildcards):
         f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && "
     )
 
-
-def sidecars_to_start(wildcards):
-    """Asked for by the split step, so that the sidecars load their models while the input is prepared."""
-    if not USE_SIDECAR or EXTERNAL_ENDPOINT:
-        return {}
-    return {"sidecars": expand(f"{SIDECAR_DIR}/{{slot}}.started", slot=SIDECAR_SLOTS)}

@@ -6,7 +6,7 @@
 if USE_SIDECAR and not EXTERNAL_ENDPOINT:
 
     rule sidecar:
-        # Starts (or finds) the sidecar of one GPU early, so models load while the input is prepared.
+        # Starts (or finds) the sidecar of one GPU; it answers READY once its models are loaded.
         input:
             unpack(lambda wc: model_files()),
         output:

@@ -33,7 +33,6 @@ rule translate:
 
 checkpoint split_parts:
     input:
-        unpack(sidecars_to_start),
         nucleotide="results/{sample}/identified_nucleotide.fa",
         protein="results/{sample}/identified_protein.faa",
     output:
