@@ -21,8 +21,8 @@ def _serve_options(parser):
     group.add_argument("--dnabert-s", metavar="SOURCE", help="DNABERT-S directory or hub id")
     group.add_argument("--dnabert-revision", metavar="R", help="hub revision of DNABERT-S")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    group.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP (CURVE-authenticated) instead of a "
-                       "private ipc socket; port 0 picks a free one; HOST 127.0.0.1 unless you mean otherwise")
+    group.add_argument("--tcp", metavar="[HOST:]PORT", help="listen on TCP (CURVE-authenticated, needs "
+                       "--secret-file) instead of a private ipc socket; HOST defaults to 127.0.0.1; port 0 picks one")
     group.add_argument("--secret-file", metavar="S", help="CURVE secret for --tcp (created 0600 if missing)")
     group.add_argument("--socket-dir", metavar="D", help="where the private ipc socket directory is made "
                        "(default $XDG_RUNTIME_DIR or the temp dir)")

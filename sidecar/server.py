@@ -119,9 +119,10 @@ class Server:
         self.router.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
         auth_info = None
         if self.cfg.tcp:
-            host, _, port = self.cfg.tcp.rpartition(":")
-            if not host or not port.isdigit():
-                raise StartupError(f"--tcp wants HOST:PORT, got {self.cfg.tcp!r}")
+            host, _, port = str(self.cfg.tcp).rpartition(":")
+            host = host or "127.0.0.1"  # loopback unless told otherwise
+            if not port.isdigit():
+                raise StartupError(f"--tcp wants [HOST:]PORT, got {self.cfg.tcp!r}")
             if not self.cfg.secret_file:
                 raise StartupError("--tcp needs --secret-file (created if missing): TCP is never open without a secret")
             try:

@@ -156,7 +156,7 @@ def test_no_sidecar_is_a_one_line_error(tmp_path):
 
 def test_tcp_needs_the_secret(spawn, models, tmp_path):
     secret = tmp_path / "secret.json"
-    sidecar = spawn(*model_args(models, ["dnabert_s"]), "--tcp", "127.0.0.1:0", "--secret-file", secret)
+    sidecar = spawn(*model_args(models, ["dnabert_s"]), "--tcp", "0", "--secret-file", secret)  # HOST: loopback
     info = sidecar.wait_file()
     assert info["endpoint"].startswith("tcp://127.0.0.1:")
     assert info["auth"]["mechanism"] == "curve" and info["auth"]["secret_file"] == str(secret)
