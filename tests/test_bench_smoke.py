@@ -1,0 +1,28 @@
+"""The sidecar-vs-reload benchmark runs at CI size on the CPU with tiny models and reports a sane ratio."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def test_sidecar_vs_reload_benchmark_at_ci_size(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/sidecar_vs_reload.py"), "--size", "tiny", "--files", "3",
+         "--per-file", "20", "--models-dir", str(tmp_path / "models"), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["bit_identical"]
+    assert result["model_loads"] == {"esm2": 1, "dnabert_s": 1}
+    # three fresh processes that each load both models cannot beat one resident server
+    assert result["ratio_end_to_end"] > 1.0
+    assert "ratio" in proc.stdout
