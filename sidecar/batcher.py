@@ -41,6 +41,8 @@ class Job:
         self.inflight = 0  # rows handed to the compute thread and not yet settled
         self.filled = 0
         self.error = None
+        self.cancelled = False  # failed by cancel_pending rather than by its own rows
+        self.compute_s = 0.0  # this job's token share of the compute time of its batches
         self.submitted = None
         self.started = None
         self.finished = None
@@ -116,6 +118,7 @@ class Batcher:
             for job in jobs:
                 if job.error is None:
                     job.error = reason
+                    job.cancelled = True
             return self._collect_finished(jobs)
 
     def depth(self):

@@ -191,7 +191,7 @@ class SidecarClient:
             if state == protocol.FAILED:
                 raise SidecarError(f"{self.describe()} could not load its models: {got[0].get('error')}")
             if state == protocol.DRAINING:
-                raise SidecarError(f"{self.describe()} is shutting down")
+                raise SidecarDied(f"{self.describe()} is shutting down; rerun / use --retries")
 
     # ---- embedding ----------------------------------------------------------------------------
 
@@ -255,6 +255,8 @@ class SidecarClient:
                 delay = min(0.02 * 2 ** attempts[chunk], 2.0) * (0.5 + random.random())
                 retry_at[chunk] = now + delay
                 todo.insert(0, chunk)
+            elif head["type"] == protocol.ERROR and head.get("code") == protocol.SHUTTING_DOWN:
+                raise SidecarDied(f"{self.describe()} shut down while {doing}; rerun / use --retries")
             elif head["type"] == protocol.ERROR:
                 raise SidecarError(f"{self.describe()} refused a request while {doing}: "
                                    f"{head.get('code')}: {head.get('message')}")

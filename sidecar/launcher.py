@@ -81,6 +81,7 @@ def ensure_sidecar(endpoint_file, serve_args=(), watch_pid=None, wait="bound", t
         handle = _lock(f"{endpoint_file}.lock", timeout)
         try:
             if probe(endpoint_file) is None:  # nobody started one while we waited for the lock
+                _wait_gone(endpoint_file, timeout)
                 _start(endpoint_file, serve_args, watch_pid, timeout, log_file, python)
         finally:
             handle.close()
@@ -91,6 +92,21 @@ def ensure_sidecar(endpoint_file, serve_args=(), watch_pid=None, wait="bound", t
         finally:
             client.close()
     return rendezvous.read(endpoint_file)
+
+
+def _wait_gone(endpoint_file, timeout):
+    """A sidecar that is stopping or failed still owns the endpoint file until it exits: wait for that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = rendezvous.read(endpoint_file)
+        except rendezvous.RendezvousError:
+            return
+        if not rendezvous.is_local(info) or not rendezvous.pid_alive(info["pid"], info.get("pid_start")):
+            return
+        if time.monotonic() > deadline:
+            raise SidecarError(f"{rendezvous.describe(info)} is stopping but did not exit within {timeout:g} s")
+        time.sleep(0.1)
 
 
 def _start(endpoint_file, serve_args, watch_pid, timeout, log_file, python):

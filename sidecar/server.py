@@ -210,7 +210,7 @@ class Server:
                 matrix, errors = None, {i: f"{exc.__class__.__name__}: {exc}" for i in range(len(batch))}
             elapsed = time.monotonic() - t0
             for job, row in batch.parts:
-                job.compute_s = getattr(job, "compute_s", 0.0) + elapsed * job.tokens[row] / max(batch.tokens, 1)
+                job.compute_s += elapsed * job.tokens[row] / max(batch.tokens, 1)
             finished = self.batcher.complete(batch, matrix, errors)
             if now - last_release > self.cfg.empty_cache_interval:
                 backends.release_cache(self.device)
@@ -411,7 +411,7 @@ class Server:
             identity, request_id = job.context
             stats = self.stats[job.model]
             queue_wait = (job.started or job.finished) - job.submitted
-            compute = getattr(job, "compute_s", 0.0)
+            compute = job.compute_s
             if job.error is None:
                 timing = {"queue_wait_s": round(queue_wait, 6), "compute_s": round(compute, 6),
                           "tokens": job.total_tokens}
@@ -423,7 +423,7 @@ class Server:
                 self._tokens_since_log[job.model] += job.total_tokens
                 outcome = "ok"
             else:
-                code = protocol.SHUTTING_DOWN if self.state == protocol.DRAINING else protocol.INTERNAL
+                code = protocol.SHUTTING_DOWN if job.cancelled else protocol.INTERNAL
                 self._reply(identity, protocol.error(request_id, code, job.error))
                 stats.errors += 1
                 outcome = f"error ({job.error})"

@@ -93,6 +93,6 @@ def test_close_and_cancel_pending_leaves_in_flight_rows_to_finish():
     with pytest.raises(Closed):
         b.submit(job("esm2", 1))
     cancelled = b.cancel_pending("shutting down")
-    assert cancelled == [queued]  # `running` still has a row in flight
+    assert cancelled == [queued] and queued.cancelled  # `running` still has a row in flight
     assert b.complete(batch, fake_vectors(batch)) == [running]
     assert running.error == "shutting down"
