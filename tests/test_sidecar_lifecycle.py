@@ -5,6 +5,7 @@ Each test runs its own `sidecar serve` child process with the real tiny models.
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -135,6 +136,7 @@ def test_a_killed_sidecar_gives_its_clients_a_clear_error_fast(spawn, models, tm
         while client.status()["models"]["esm2"]["requests"] == 0:
             assert time.monotonic() < deadline and embed.poll() is None
             time.sleep(0.01)
+    socket_dir = Path(sidecar.wait_file()["endpoint"][len("ipc://"):]).parent
     sidecar.proc.kill()
     killed = time.monotonic()
     _, stderr = embed.communicate(timeout=30)
@@ -144,6 +146,7 @@ def test_a_killed_sidecar_gives_its_clients_a_clear_error_fast(spawn, models, tm
     assert f"sidecar pid {sidecar.proc.pid}" in stderr and "died while embedding" in stderr
     assert "big.faa" in stderr and "--retries" in stderr
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    shutil.rmtree(socket_dir)  # what a SIGKILLed sidecar leaves; its successor would remove it
 
 
 def test_no_sidecar_is_a_one_line_error(tmp_path):

@@ -76,8 +76,13 @@ class Sidecar:
             pytest.fail(f"sidecar still running after {timeout} s; log:\n{self.log.read_text()}")
 
     def close(self):
+        """Stop it gracefully (so it removes its socket directory); kill it only if that fails."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait()
         self.proc.stdout.close()
 
