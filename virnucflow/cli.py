@@ -11,10 +11,11 @@ def cmd_chunk(args):
     from virnucflow.atomic import atomic_path
     from virnucflow.chunking import chunk_records
     from virnucflow.fasta import read_fasta, write_fasta
+    from virnucflow.progress import counted
 
     with atomic_path(args.output) as tmp, open(tmp, "w") as fh:
         n = 0
-        for record in chunk_records(read_fasta(args.input), args.size):
+        for record in counted(chunk_records(read_fasta(args.input), args.size), "chunk", "chunks written"):
             write_fasta(fh, [record], width=60)
             n += 1
         if n == 0:
@@ -25,12 +26,13 @@ def cmd_chunk(args):
 def cmd_translate(args):
     from virnucflow.atomic import atomic_path
     from virnucflow.fasta import read_fasta, write_fasta
+    from virnucflow.progress import counted
     from virnucflow.translation import kept_frames
 
     with atomic_path(args.nucleotide) as nuc_tmp, atomic_path(args.protein) as prot_tmp:
         with open(nuc_tmp, "w") as nuc, open(prot_tmp, "w") as prot:
             chunks = kept = 0
-            for chunk_id, seq in read_fasta(args.input):
+            for chunk_id, seq in counted(read_fasta(args.input), "translate", "chunks read"):
                 chunks += 1
                 for frame_id, nucleotide, protein in kept_frames(chunk_id, seq):
                     write_fasta(nuc, [(frame_id, nucleotide)])
@@ -74,6 +76,118 @@ def cmd_demo_models(args):
     from virnucflow.demo_models import write_demo_models
 
     write_demo_models(args.out_dir, seed=args.seed)
+
+
+def cmd_contigs(args):
+    from virnucflow.contigs import call_contigs
+
+    records, viral = call_contigs(
+        args.fasta, args.predictions, args.highest, args.chunk_size, args.tsv, args.fasta_out,
+        min_viral_fraction=args.min_viral_fraction,
+    )
+    logging.info("%d records, %d called virus (viral chunks >= %g of all chunks)", records, viral, args.min_viral_fraction)
+
+
+def cmd_report_plots(args):
+    from virnucflow import report_data, report_plots
+
+    if len({name for name, _ in args.sample}) != len(args.sample):
+        raise InputError("a sample is given twice; give each --sample once")
+    samples = [report_data.load_sample(name, path, args.benchmarks_dir) for name, path in args.sample]
+    stats = [report_data.run_stats(s) for s in samples]
+    report_plots.plot_score_distribution(samples, args.scores_plot)
+    report_plots.plot_viral_fraction(samples, args.fraction_plot)
+    report_plots.plot_run_stats(samples, stats, args.stats_plot)
+    report_data.write_run_stats(samples, args.stats_table)
+    logging.info("report figures for %d sample(s) written", len(samples))
+
+
+def cmd_score_tracks(args):
+    from virnucflow import report_data, report_plots
+
+    sample = report_data.load_sample(args.sample, args.results_dir)
+    report_plots.plot_score_tracks(sample, args.chunk_size, args.top, args.output)
+    logging.info("score tracks of %s written to %s", args.sample, args.output)
+
+
+def cmd_fetch_models(args):
+    from virnucflow.fetch import config_snippet, default_items, fetch_models
+
+    items = default_items(args.only, args.esm_base_url, args.hf_base_url, args.classifier_base_url)
+    summary = fetch_models(args.dest, items, dnabert_revision=args.dnabert_revision,
+                           retries=args.retries, timeout=args.timeout)
+    logging.info("%d file(s) fetched (%d bytes downloaded), %d already present and verified",
+                 len(summary.fetched), summary.downloaded_bytes, len(summary.reused))
+    print(f"models are in {args.dest}; point the config at them:\n{config_snippet(args.dest)}")
+
+
+def cmd_status(args):
+    import json
+
+    from virnucflow.status import collect, render
+
+    report = collect(args.directory, args.sample_sheet, sidecars=not args.no_sidecar,
+                     extra_endpoints=args.endpoint_file)
+    print(json.dumps(report, indent=1) if args.json else render(report))
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _add_report_commands(sub):
+    p = sub.add_parser("contigs", help="per-record calls from the chunk tables: a TSV and a FASTA of the viral records")
+    p.add_argument("--fasta", required=True, help="the sample's input FASTA (plain or gzipped)")
+    p.add_argument("--predictions", required=True, help="prediction_results.txt")
+    p.add_argument("--highest", required=True, help="prediction_results_highestscore.csv")
+    p.add_argument("--chunk-size", type=int, choices=(300, 500), required=True)
+    p.add_argument("--min-viral-fraction", type=_fraction, default=0.5,
+                   help="a record is viral when at least this fraction of its chunks is (default 0.5)")
+    p.add_argument("--tsv", required=True, help="output table (virus_contigs.tsv)")
+    p.add_argument("--fasta-out", required=True, help="output FASTA of the records called virus")
+    p.set_defaults(func=cmd_contigs)
+
+    p = sub.add_parser("report-plots", help="the report's summary figures and run statistics over samples")
+    p.add_argument("--sample", nargs=2, action="append", required=True, metavar=("NAME", "RESULTS_DIR"))
+    p.add_argument("--benchmarks-dir", default=None, help="Snakemake benchmark folder (benchmarks/)")
+    p.add_argument("--scores-plot", required=True)
+    p.add_argument("--fraction-plot", required=True)
+    p.add_argument("--stats-plot", required=True)
+    p.add_argument("--stats-table", required=True)
+    p.set_defaults(func=cmd_report_plots)
+
+    p = sub.add_parser("score-tracks", help="virus score along the top records of one sample (PNG)")
+    p.add_argument("--sample", required=True, help="sample name")
+    p.add_argument("--results-dir", required=True, help="results/<sample>")
+    p.add_argument("--chunk-size", type=int, choices=(300, 500), required=True)
+    p.add_argument("--top", type=int, default=10, help="records to draw (default 10)")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_score_tracks)
+
+    from virnucflow import fetch
+
+    p = sub.add_parser("fetch-models", help="fetch ESM-2 3B, DNABERT-S and the classifiers once, with checksums")
+    p.add_argument("--dest", required=True, help="directory to fetch into (a manifest.json records the checksums)")
+    p.add_argument("--only", nargs="+", choices=fetch.GROUPS, default=list(fetch.GROUPS), help="fetch only these")
+    p.add_argument("--dnabert-revision", default="main",
+                   help="DNABERT-S hub commit; a branch is resolved to its commit and pinned in the manifest")
+    p.add_argument("--esm-base-url", default=fetch.DEFAULT_ESM_BASE_URL)
+    p.add_argument("--hf-base-url", default=fetch.DEFAULT_HF_BASE_URL)
+    p.add_argument("--classifier-base-url", default=fetch.DEFAULT_CLASSIFIER_BASE_URL)
+    p.add_argument("--retries", type=int, default=5, help="attempts per file, each resuming the last (default 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds without data before an attempt fails")
+    p.set_defaults(func=cmd_fetch_models)
+
+    p = sub.add_parser("status", help="how far a workflow run in a directory has got (and its sidecars)")
+    p.add_argument("--directory", "-d", default=".", help="the run's working directory (default .)")
+    p.add_argument("--sample-sheet", default=None, help="list these samples, started or not")
+    p.add_argument("--endpoint-file", action="append", default=[], help="also ask a sidecar started by hand")
+    p.add_argument("--no-sidecar", action="store_true", help="do not ask the sidecars")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
 
 
 def build_parser():
@@ -127,6 +241,8 @@ def build_parser():
     p.add_argument("--out-dir", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_models)
+
+    _add_report_commands(sub)
     return parser
 
 

@@ -34,3 +34,31 @@ rule classify:
     shell:
         "virnucflow classify --model {params.model} --out-dir {params.out_dir} "
         "{input.merged} > {log} 2>&1"
+
+
+rule contig_calls:
+    # One row per input record from the chunk tables (left unchanged), and the records called viral.
+    input:
+        fasta=lambda wc: SAMPLES[wc.sample],
+        results="results/{sample}/prediction_results.txt",
+        highest="results/{sample}/prediction_results_highestscore.csv",
+    output:
+        tsv=report(
+            "results/{sample}/virus_contigs.tsv",
+            caption="../report/virus_contigs.rst",
+            category="Per-record calls",
+            labels={"sample": "{sample}", "table": "virus_contigs.tsv"},
+        ),
+        fasta="results/{sample}/virus_contigs.fa",
+    log:
+        "logs/{sample}/contigs.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        size=CHUNK_SIZE,
+        fraction=CONTIGS["min_viral_fraction"],
+    shell:
+        "virnucflow contigs --fasta {input.fasta} --predictions {input.results} "
+        "--highest {input.highest} --chunk-size {params.size} "
+        "--min-viral-fraction {params.fraction} --tsv {output.tsv} "
+        "--fasta-out {output.fasta} > {log} 2>&1"

@@ -92,6 +92,48 @@ def final_outputs():
     )
 
 
+# --- per-record calls, the report and the model fetch ---------------------------------------
+
+CONTIGS = config.setdefault("contigs", {})
+CONTIGS.setdefault("min_viral_fraction", 0.5)
+REPORT = config.setdefault("report", {})
+REPORT.setdefault("top_contigs", 10)
+DOWNLOAD_DIR = MODELS.setdefault("download_dir", "models")
+REPORT_DIR = (
+    "report"  # cross-sample figures, beside results/ so that no sample name collides
+)
+
+
+def report_outputs():
+    """Per-record calls and score tracks of every sample, and the cross-sample figures."""
+    return expand(
+        "results/{sample}/{name}",
+        sample=SAMPLES,
+        name=["virus_contigs.tsv", "virus_contigs.fa", "score_tracks.png"],
+    ) + [
+        f"{REPORT_DIR}/{name}"
+        for name in (
+            "virus_scores.png",
+            "viral_fraction.png",
+            "run_stats.png",
+            "run_stats.tsv",
+        )
+    ]
+
+
+def report_sample_args():
+    return " ".join(f"--sample {s} results/{s}" for s in SAMPLES)
+
+
+def fetch_command(only):
+    """`virnucflow fetch-models` for one group of models, into models.download_dir."""
+    revision = MODELS.get("dnabert_s_revision") or "main"
+    return (
+        f"virnucflow fetch-models --dest {DOWNLOAD_DIR} --only {only} "
+        f"--dnabert-revision {revision}"
+    )
+
+
 # --- embedding: in-process, or through one resident sidecar per GPU -------------------------
 
 EMBED = config.setdefault("embedding", {})
@@ -172,4 +214,3 @@ def ensure_command(wildcards):
     return (
         f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && "
     )
-

@@ -1,0 +1,203 @@
+"""How far a workflow run in a directory has got, read from its files while it runs.
+
+- Per sample, from `results/<sample>/`: chunked, translated, parts split, parts embedded and
+  merged (k of n), classified, per-record calls; plus the newest progress line of the step that
+  is still going (from `logs/<sample>/`).
+- Overall, from Snakemake's newest `.snakemake/log/*.snakemake.log`: "N of M steps (P%) done"
+  (M grows once the parts of a sample are known), whether a run holds the directory's lock, and
+  the outputs of the jobs running now (`.snakemake/incomplete/`).
+- Each sidecar with an endpoint file in `.virnucflow/sidecar/`: `sidecar status`, run as a
+  subprocess so that nothing here imports torch.
+"""
+
+import base64
+import csv
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SIDECAR_DIR = ".virnucflow/sidecar"
+_STEPS = re.compile(r"(\d+) of (\d+) steps \((\d+)%\) done")
+_PART = re.compile(r"output_(\d+)")
+STEP_LOGS = ("chunk", "translate", "split", "classify", "contigs")
+
+
+def _parts(directory, pattern):
+    return {int(m.group(1)) for p in directory.glob(pattern) if (m := _PART.match(p.name))}
+
+
+def sample_progress(workdir, sample):
+    """A dict of the sample's steps: booleans for whole-sample steps, counts for per-part ones."""
+    out = Path(workdir) / "results" / sample
+    merged = _parts(out / "merged", "output_*_merged.pt")
+    embedded = merged | (_parts(out / "embeddings", "output_*_DNABERT_S.npz") & _parts(out / "embeddings", "output_*_ESM.npz"))
+    split = _parts(out / "parts", "output_*.fa") if (out / "parts").is_dir() else None
+    classified = (out / "prediction_results_highestscore.csv").is_file()
+    parts = len(split) if split is not None else (len(merged) if classified else None)
+    info = {
+        "sample": sample,
+        "chunked": (out / "chunked.fa").is_file(),
+        "translated": (out / "identified_protein.faa").is_file(),
+        "parts": parts,
+        "embedded": len(embedded),
+        "merged": len(merged),
+        "classified": classified,
+        "contigs": (out / "virus_contigs.tsv").is_file(),
+    }
+    info["stage"] = _stage(info)
+    info["last_log"] = None if info["contigs"] else _last_progress(Path(workdir) / "logs" / sample)
+    return info
+
+
+def _stage(info):
+    if info["contigs"]:
+        return "done"
+    if info["classified"]:
+        return "calling records"
+    if info["parts"] is not None and info["merged"] == info["parts"]:
+        return "classifying"
+    if info["parts"] is not None:
+        return f"embedding ({info['embedded']}/{info['parts']} parts embedded, {info['merged']} merged)"
+    if info["translated"]:
+        return "splitting"
+    if info["chunked"]:
+        return "translating"
+    return "waiting"
+
+
+def _last_progress(log_dir):
+    """The newest line of the sample's step logs, if any was written in the last hour."""
+    newest = None
+    for name in STEP_LOGS:
+        path = log_dir / f"{name}.log"
+        if path.is_file() and path.stat().st_size and (newest is None or path.stat().st_mtime > newest.stat().st_mtime):
+            newest = path
+    if newest is None or time.time() - newest.stat().st_mtime > 3600:
+        return None
+    lines = [line for line in newest.read_text(errors="replace").splitlines() if line.strip()]
+    return f"{newest.name}: {lines[-1].strip()}" if lines else None
+
+
+def _samples(workdir, sample_sheet=None):
+    if sample_sheet:
+        with open(sample_sheet, newline="") as fh:
+            return [r["sample"] for r in csv.DictReader(fh, delimiter="\t") if (r.get("sample") or "").strip()]
+    results = Path(workdir) / "results"
+    if not results.is_dir():
+        return []
+    return sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "report")
+
+
+def snakemake_progress(workdir):
+    """Overall step count and state from the newest Snakemake log, the lock and the running jobs."""
+    meta = Path(workdir) / ".snakemake"
+    logs = sorted((meta / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime) if (meta / "log").is_dir() else []
+    info = {"log": None, "done": None, "total": None, "percent": None, "failed": False,
+            "locked": any((meta / "locks").glob("*.lock")) if (meta / "locks").is_dir() else False,
+            "running": _incomplete(meta / "incomplete")}
+    if logs:
+        text = logs[-1].read_text(errors="replace")
+        info["log"] = str(logs[-1].relative_to(workdir))
+        info["updated_s_ago"] = round(time.time() - logs[-1].stat().st_mtime)
+        steps = _STEPS.findall(text)
+        if steps:
+            info["done"], info["total"], info["percent"] = (int(v) for v in steps[-1])
+        info["failed"] = "Error in rule" in text or "Exiting because a job execution failed" in text
+    return info
+
+
+def _incomplete(directory):
+    """Output files of the jobs that Snakemake marked as running (base64 names, long ones split)."""
+    if not directory.is_dir():
+        return []
+    files = []
+    for path in directory.rglob("*"):
+        if not path.is_file() or path.name == "migration_underway":
+            continue
+        encoded = "".join(part.lstrip("@") for part in path.relative_to(directory).parts)
+        try:
+            files.append(base64.urlsafe_b64decode(encoded).decode())
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return sorted(files)
+
+
+def sidecar_status(endpoint_file, timeout=3.0):
+    """`sidecar status` of one endpoint file, as a dict (or {'error': ...})."""
+    cmd = [sys.executable, "-m", "sidecar", "status", "--endpoint-file", str(endpoint_file), "--timeout", str(timeout)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 15)
+    except subprocess.TimeoutExpired:
+        return {"error": "no answer"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no answer"])[-1]}
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        return {"error": "unreadable answer"}
+
+
+def collect(workdir=".", sample_sheet=None, sidecars=True, extra_endpoints=()):
+    workdir = Path(workdir)
+    endpoints = sorted((workdir / SIDECAR_DIR).glob("*.json")) if (workdir / SIDECAR_DIR).is_dir() else []
+    endpoints += [Path(e) for e in extra_endpoints]
+    return {
+        "directory": str(workdir.resolve()),
+        "workflow": snakemake_progress(workdir),
+        "samples": [sample_progress(workdir, s) for s in _samples(workdir, sample_sheet)],
+        "sidecars": {str(e): sidecar_status(e) for e in endpoints} if sidecars else {},
+    }
+
+
+def _mark(flag):
+    return "yes" if flag else "-"
+
+
+def _sidecar_line(name, status):
+    if "error" in status and "state" not in status:
+        return f"  {name}: {status['error']}"
+    queue = status.get("queue") or {}
+    models = status.get("models") or {}
+    done = ", ".join(f"{m}: {v.get('sequences', 0)} seqs / {v.get('tokens', 0)} tokens" for m, v in sorted(models.items()))
+    return (f"  {name}: {status.get('state')} on {status.get('device')}, up {status.get('uptime_s', 0):.0f} s, "
+            f"queue {queue.get('requests', 0)} requests / {queue.get('tokens', 0)} tokens; {done}")
+
+
+def render(report):
+    """Human-readable text of `collect()`'s result."""
+    wf = report["workflow"]
+    lines = [f"directory: {report['directory']}"]
+    state = "failed" if wf["failed"] else "running" if wf["locked"] else "not running"
+    if wf["done"] is not None:
+        lines.append(f"workflow: {state}; {wf['done']} of {wf['total']} steps ({wf['percent']}%) done "
+                     f"[{wf['log']}, written {wf['updated_s_ago']} s ago]")
+    else:
+        lines.append(f"workflow: {state}; no Snakemake log with a step count yet")
+    if wf["running"]:
+        lines.append(f"jobs running now: {len(wf['running'])} ({', '.join(wf['running'][:6])}{', ...' if len(wf['running']) > 6 else ''})")
+    if report["samples"]:
+        header = ("sample", "chunked", "translated", "parts", "embedded", "merged", "classified", "contigs")
+        rows = [header] + [
+            (s["sample"], _mark(s["chunked"]), _mark(s["translated"]),
+             "?" if s["parts"] is None else str(s["parts"]),
+             f"{s['embedded']}/{s['parts'] if s['parts'] is not None else '?'}",
+             f"{s['merged']}/{s['parts'] if s['parts'] is not None else '?'}",
+             _mark(s["classified"]), _mark(s["contigs"]))
+            for s in report["samples"]
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        done = sum(s["stage"] == "done" for s in report["samples"])
+        lines.append(f"samples done: {done} of {len(report['samples'])}")
+        for s in report["samples"]:
+            if s["stage"] != "done" and s["last_log"]:
+                lines.append(f"  {s['sample']}: {s['stage']}; {s['last_log']}")
+    else:
+        lines.append("no sample has started (results/ is empty)")
+    if report["sidecars"]:
+        lines.append("sidecars:")
+        lines += [_sidecar_line(Path(name).stem, st) for name, st in report["sidecars"].items()]
+    return "\n".join(lines)
