@@ -1,0 +1,181 @@
+"""Fast ESM-2 embedding: packed fp16 forward over many proteins at once, on the loaded fair-esm model.
+
+Same features as `virnucflow.models.esm2.Esm2.embed` (last layer after the final LayerNorm, mean
+over residues 1..min(len, 1024)), computed differently:
+
+- fp16 weights and activations (never bf16: NOTES.md §2); LayerNorm statistics, rotary tables and
+  the rotation, softmax (inside the attention kernel) and the mean pooling run in fp32.
+- proteins sorted longest first and packed into one [tokens, 2560] tensor: no padding in any
+  matrix product; attention is variable-length flash on CUDA (`torch.nn.attention.varlen`) or
+  SDPA per run of equal-length proteins (no padding, no mask) elsewhere.
+- fair-esm's quirks kept: token-dropout scaling (x 0.88 / (1 - mask ratio), per protein), rotary
+  positions restarted for every protein, with fair-esm's own `inv_freq` buffers (read from the
+  loaded weights, which in the real fp16 file are rounded, not recomputed), the erf GELU, q
+  scaled by head_dim^-0.5 before the rotation, BOS/EOS excluded from the mean.
+- the weights are SHARED with the fair-esm module: it is converted in place once (fp16), its
+  q/k/v projections are fused into one matrix whose slices replace the originals (no second
+  copy). The module then no longer serves the exact path; a sidecar runs one mode.
+
+`dtype=torch.float32` runs the same packed path in fp32 (used on CPU by the agreement test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from virnucflow.models.esm2 import TRUNCATION_SEQ_LENGTH
+from virnucflow.models.packed import Packing, bucket_attention, pinned, to_host, varlen_attention_fn
+
+MASK_RATIO_TRAIN = 0.15 * 0.8
+
+
+def _layer_norm(x, ln):
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+class FastEsm2:
+    """Packed half-precision ESM-2 embedding; `embed` matches `Esm2.embed` to cosine >= 0.999."""
+
+    def __init__(self, exact, dtype=torch.float16, device=None, max_batch_tokens=65536, attention="auto"):
+        model = exact.model
+        self.alphabet = exact.alphabet
+        self.name = exact.name
+        self.dim = exact.dim
+        self.device = torch.device(device or exact.device)
+        self.dtype = dtype
+        self.max_batch_tokens = max_batch_tokens
+        self.heads = model.attention_heads
+        self.head_dim = self.dim // self.heads
+        self.token_dropout = model.token_dropout
+        # fp32 rotary frequencies exactly as loaded (one buffer per layer; identical in practice)
+        inv = [layer.self_attn.rot_emb.inv_freq.detach().float().clone() for layer in model.layers]
+        self.shared_inv_freq = all(torch.equal(inv[0], t) for t in inv)
+        self.inv_freq = [t.to(self.device) for t in (inv[:1] if self.shared_inv_freq else inv)]
+        model.to(dtype)  # converted where it was loaded (CPU for a fast sidecar), then moved once
+        model.to(self.device)
+        for layer in model.layers:
+            attn = layer.self_attn
+            layer.qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            layer.qkv_bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+            for i, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):  # views: no second copy
+                rows = slice(i * self.dim, (i + 1) * self.dim)
+                proj.weight = torch.nn.Parameter(layer.qkv_weight[rows], requires_grad=False)
+                proj.bias = torch.nn.Parameter(layer.qkv_bias[rows], requires_grad=False)
+        self.model = model
+        self.scaling = model.layers[0].self_attn.scaling
+        varlen = varlen_attention_fn()
+        if attention == "auto":
+            attention = "varlen" if (varlen and self.device.type == "cuda" and dtype != torch.float32) else "buckets"
+        self.attention = attention
+        self._varlen = varlen
+
+    # ---- tokens ---------------------------------------------------------------------------------
+
+    def count_tokens(self, protein: str) -> int:
+        return len(protein) + 2
+
+    def token_ids(self, protein: str) -> list[int]:
+        a = self.alphabet
+        return [a.cls_idx, *a.encode(protein), a.eos_idx]
+
+    # ---- forward --------------------------------------------------------------------------------
+
+    def _rotate(self, qk, cos, sin):
+        """qk [T, 2, H, D] in fp32 math: x*cos + rotate_half(x)*sin, back to the working dtype."""
+        x = qk.float()
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return (x * cos + rotated * sin).to(self.dtype)
+
+    def _attention(self, q, k, v, packing):
+        if self.attention == "varlen":
+            # q is pre-scaled (fair-esm order), so the kernel must not scale again
+            try:
+                return self._varlen(q, k, v, packing.cu_seqlens, packing.cu_seqlens,
+                                    packing.max_len, packing.max_len, scale=1.0)
+            except TypeError:  # a torch whose varlen_attn has no scale argument
+                return self._varlen(q / self.scaling, k, v, packing.cu_seqlens, packing.cu_seqlens,
+                                    packing.max_len, packing.max_len)
+        return bucket_attention(q, k, v, packing, scale=1.0)
+
+    def forward_packed(self, ids: torch.Tensor, packing: Packing, mask_counts: torch.Tensor) -> torch.Tensor:
+        """ids [T] (device) -> last-layer states [T, dim] after the final LayerNorm (working dtype)."""
+        m = self.model
+        x = F.embedding(ids, m.embed_tokens.weight)
+        if self.token_dropout:
+            is_mask = (ids == m.mask_idx)
+            lengths = packing.cu_seqlens[1:] - packing.cu_seqlens[:-1]
+            ratio = mask_counts.to(torch.float32) / lengths.to(torch.float32)
+            scale = (1 - MASK_RATIO_TRAIN) / (1 - ratio)
+            x = (x.float().masked_fill(is_mask[:, None], 0.0) * scale[packing.seq_ids][:, None]).to(self.dtype)
+        positions = packing.positions.to(torch.float32)
+        tables = []
+        for inv in self.inv_freq:
+            freqs = positions[:, None] * inv[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [T, 1, 1, D]
+            tables.append((emb.cos(), emb.sin()))
+        T, H, D = ids.shape[0], self.heads, self.head_dim
+        for index, layer in enumerate(m.layers):
+            cos, sin = tables[0 if self.shared_inv_freq else index]
+            attn = layer.self_attn
+            h = _layer_norm(x, layer.self_attn_layer_norm)
+            qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(T, 3, H, D)
+            q = qkv[:, 0] * self.scaling
+            qk = self._rotate(torch.stack((q, qkv[:, 1]), dim=1), cos, sin)
+            o = self._attention(qk[:, 0], qk[:, 1], qkv[:, 2], packing)
+            x = x + F.linear(o.reshape(T, self.dim), attn.out_proj.weight, attn.out_proj.bias)
+            h = _layer_norm(x, layer.final_layer_norm)
+            h = F.gelu(F.linear(h, layer.fc1.weight, layer.fc1.bias))  # erf GELU, as fair-esm
+            x = x + F.linear(h, layer.fc2.weight, layer.fc2.bias)
+        return _layer_norm(x, m.emb_layer_norm_after)
+
+    def _embed_sorted(self, token_lists):
+        lengths = [len(t) for t in token_lists]
+        flat = torch.tensor([i for t in token_lists for i in t], dtype=torch.long)
+        mask_counts = torch.tensor([t.count(self.alphabet.mask_idx) for t in token_lists])
+        ids = pinned(flat, self.device)
+        packing = Packing(lengths, self.device)
+        states = self.forward_packed(ids, packing, pinned(mask_counts, self.device))
+        # residues 1..min(len, 1024) of each protein: drop BOS, EOS and what lies past 1024
+        keep = [min(TRUNCATION_SEQ_LENGTH, n - 2) for n in lengths]
+        select = torch.cat([torch.arange(s + 1, s + 1 + k) for s, k in zip(packing.starts, keep)])
+        select = pinned(select, self.device)
+        seq_ids = packing.seq_ids[select]
+        sums = torch.zeros((len(lengths), self.dim), dtype=torch.float32, device=self.device)
+        sums.index_add_(0, seq_ids, states[select].float())
+        return sums / pinned(torch.tensor(keep, dtype=torch.float32), self.device)[:, None]
+
+    def embed(self, proteins: list[str]) -> np.ndarray:
+        """float32 [N, dim], in input order; proteins sorted by length and packed in token budgets."""
+        for protein in proteins:
+            if not protein:
+                raise ValueError("cannot embed an empty protein")
+        tokens = [self.token_ids(p) for p in proteins]
+        order = sorted(range(len(proteins)), key=lambda i: -len(tokens[i]))
+        out = np.empty((len(proteins), self.dim), dtype=np.float32)
+        pending = []
+        with torch.inference_mode():
+            for rows in _budget_slices(order, [len(t) for t in tokens], self.max_batch_tokens):
+                pending.append((rows, self._embed_sorted([tokens[i] for i in rows])))
+            # one synchronisation at the end: the host queued every batch while the GPU ran
+            if pending:
+                vectors = to_host(torch.cat([v for _, v in pending]))
+                all_rows = [i for rows, _ in pending for i in rows]
+                out[all_rows] = vectors
+        return out
+
+
+def _budget_slices(order, lengths, budget):
+    """Split `order` (indices, longest first) into consecutive groups of <= budget tokens (>= 1 each)."""
+    group, used = [], 0
+    for i in order:
+        if group and used + lengths[i] > budget:
+            yield group
+            group, used = [], 0
+        group.append(i)
+        used += lengths[i]
+    if group:
+        yield group
+

@@ -1,0 +1,106 @@
+"""Fast DNABERT-S (MosaicBERT) embedding: packed fp16 forward over many DNA sequences at once.
+
+Same features as `virnucflow.models.dnabert_s.DnabertS.embed` (last hidden state, mean over ALL
+tokens, [CLS] and [SEP] included), computed differently:
+
+- fp16 weights and activations; LayerNorm statistics (inside `F.layer_norm`), softmax (inside the
+  attention kernel) and the mean pooling (fp32 accumulation) in fp32.
+- sequences sorted longest first and packed into one [tokens, 768] tensor: no padding in any
+  matrix product; attention is one SDPA call per run of equal-length sequences, with the ALiBi
+  bias (`-slope * |i - j|`, the same slopes) as the additive `attn_mask`, so no padding mask is
+  needed. (Flash varlen kernels in torch take no bias.)
+- the weights are SHARED with the loaded MosaicBert module, converted in place once.
+
+`dtype=torch.float32` runs the same packed path in fp32 (used on CPU by the agreement test).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from virnucflow.models.esm2_fast import _budget_slices
+from virnucflow.models.mosaicbert import alibi_bias
+from virnucflow.models.packed import Packing, bucket_attention, pinned, to_host
+
+
+def _layer_norm(x, ln):
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+class FastDnabertS:
+    """Packed half-precision DNABERT-S; `embed` matches `DnabertS.embed` to cosine >= 0.999."""
+
+    def __init__(self, exact, dtype=torch.float16, device=None, max_batch_tokens=65536):
+        self.tokenizer = exact.tokenizer
+        self.name = exact.name
+        self.dim = exact.dim
+        self.device = torch.device(device or exact.device)
+        self.dtype = dtype
+        self.max_batch_tokens = max_batch_tokens
+        config = exact.model.config
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.intermediate = config.intermediate_size
+        self.model = exact.model.to(dtype).to(self.device)
+        self._bias = {}
+
+    def token_ids(self, seq: str) -> list[int]:
+        return self.tokenizer.encode(seq).ids
+
+    def count_tokens(self, seq: str) -> int:
+        return len(self.token_ids(seq))
+
+    def _alibi(self, length):
+        bias = self._bias.get(length)
+        if bias is None:
+            bias = alibi_bias(self.heads, length, self.device).to(self.dtype)
+            if len(self._bias) < 4096:
+                self._bias[length] = bias
+        return bias
+
+    def forward_packed(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """ids [T] (device) -> last hidden states [T, hidden] (working dtype)."""
+        m = self.model
+        emb = m.embeddings
+        x = F.embedding(ids, emb.word_embeddings.weight) + emb.token_type_embeddings.weight[0]
+        x = _layer_norm(x, emb.LayerNorm)
+        T, H, D = ids.shape[0], self.heads, self.head_dim
+        scale = 1.0 / math.sqrt(D)
+        for layer in m.encoder.layer:
+            att = layer.attention
+            qkv = F.linear(x, att.self.Wqkv.weight, att.self.Wqkv.bias).view(T, 3, H, D)
+            o = bucket_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], packing, self._alibi, scale=scale)
+            x = _layer_norm(F.linear(o.reshape(T, -1), att.output.dense.weight, att.output.dense.bias) + x,
+                            att.output.LayerNorm)
+            mlp = layer.mlp
+            h = F.linear(x, mlp.gated_layers.weight)
+            h = F.gelu(h[:, : self.intermediate]) * h[:, self.intermediate:]
+            x = _layer_norm(F.linear(h, mlp.wo.weight, mlp.wo.bias) + x, mlp.layernorm)
+        return x
+
+    def _embed_sorted(self, token_lists):
+        lengths = [len(t) for t in token_lists]
+        flat = torch.tensor([i for t in token_lists for i in t], dtype=torch.long)
+        packing = Packing(lengths, self.device)
+        states = self.forward_packed(pinned(flat, self.device), packing)
+        sums = torch.zeros((len(lengths), self.dim), dtype=torch.float32, device=self.device)
+        sums.index_add_(0, packing.seq_ids, states.float())
+        return sums / pinned(torch.tensor(lengths, dtype=torch.float32), self.device)[:, None]
+
+    def embed(self, seqs: list[str]) -> np.ndarray:
+        """float32 [N, dim], in input order; sequences sorted by length and packed in token budgets."""
+        tokens = [e.ids for e in self.tokenizer.encode_batch(list(seqs))]
+        order = sorted(range(len(seqs)), key=lambda i: -len(tokens[i]))
+        out = np.empty((len(seqs), self.dim), dtype=np.float32)
+        pending = []
+        with torch.inference_mode():
+            for rows in _budget_slices(order, [len(t) for t in tokens], self.max_batch_tokens):
+                pending.append((rows, self._embed_sorted([tokens[i] for i in rows])))
+            if pending:
+                vectors = to_host(torch.cat([v for _, v in pending]))
+                out[[i for rows, _ in pending for i in rows]] = vectors
+        return out
