@@ -45,3 +45,9 @@ def snakemake(workdir, *args, config=None, timeout=600, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     return proc
+
+
+def build_report(workdir, name="report.html", config=None):
+    """`snakemake --report <name>` after a run (it reads the run's metadata); returns the report's path."""
+    snakemake(workdir, "--report", name, config=config)
+    return Path(workdir) / name

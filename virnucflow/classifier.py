@@ -45,6 +45,7 @@ mis-parse an id that begins with a double quote. Lines end in '\\n' (pandas writ
 import csv
 import hashlib
 import io
+import logging
 import re
 import sys
 import threading
@@ -244,9 +245,12 @@ def write_predictions(ids, probs, out_dir):
 def classify_files(model_path, merged_paths, out_dir):
     """Classify merged feature files (rows concatenated in the given order) and write both tables; returns the row count."""
     classifier = load_classifier(model_path)
+    merged_paths = list(merged_paths)
     ids, blocks = [], []
-    for path in merged_paths:
+    for number, path in enumerate(merged_paths, start=1):
         merged = load_merged(path)
+        logging.getLogger("virnucflow.progress").info(
+            "classify: read part %d of %d (%d frames so far)", number, len(merged_paths), len(ids) + len(merged["ids"]))
         if merged["data"].shape[1] != classifier.input_dim:
             raise InputError(
                 f"{path}: features have {merged['data'].shape[1]} values per row but {model_path} expects {classifier.input_dim}; "

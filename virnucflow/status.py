@@ -3,7 +3,7 @@
 - Per sample, from `results/<sample>/`: chunked, translated, parts split, parts embedded and
   merged (k of n), classified, per-record calls; plus the newest progress line of the step that
   is still going (from `logs/<sample>/`).
-- Overall, from Snakemake's newest `.snakemake/log/*.snakemake.log`: "N of M steps (P%) done"
+- Overall, from the newest run's `.snakemake/log/*.snakemake.log`: "N of M steps (P%) done"
   (M grows once the parts of a sample are known), whether a run holds the directory's lock, and
   the outputs of the jobs running now (`.snakemake/incomplete/`).
 - Each sidecar with an endpoint file in `.virnucflow/sidecar/`: `sidecar status`, run as a
@@ -37,10 +37,11 @@ def sample_progress(workdir, sample):
     split = _parts(out / "parts", "output_*.fa") if (out / "parts").is_dir() else None
     classified = (out / "prediction_results_highestscore.csv").is_file()
     parts = len(split) if split is not None else (len(merged) if classified else None)
+    translated = (out / "identified_protein.faa").is_file() or parts is not None
     info = {
         "sample": sample,
-        "chunked": (out / "chunked.fa").is_file(),
-        "translated": (out / "identified_protein.faa").is_file(),
+        "chunked": (out / "chunked.fa").is_file() or translated,
+        "translated": translated,
         "parts": parts,
         "embedded": len(embedded),
         "merged": len(merged),
@@ -98,14 +99,17 @@ def snakemake_progress(workdir):
     info = {"log": None, "done": None, "total": None, "percent": None, "failed": False,
             "locked": any((meta / "locks").glob("*.lock")) if (meta / "locks").is_dir() else False,
             "running": _incomplete(meta / "incomplete")}
-    if logs:
-        text = logs[-1].read_text(errors="replace")
-        info["log"] = str(logs[-1].relative_to(workdir))
-        info["updated_s_ago"] = round(time.time() - logs[-1].stat().st_mtime)
+    for path in reversed(logs):
+        text = path.read_text(errors="replace")
+        if "Creating report..." in text:  # `snakemake --report` logs too; it runs nothing
+            continue
+        info["log"] = str(path.relative_to(workdir))
+        info["updated_s_ago"] = round(time.time() - path.stat().st_mtime)
         steps = _STEPS.findall(text)
         if steps:
             info["done"], info["total"], info["percent"] = (int(v) for v in steps[-1])
         info["failed"] = "Error in rule" in text or "Exiting because a job execution failed" in text
+        break
     return info
 
 
@@ -133,7 +137,7 @@ def sidecar_status(endpoint_file, timeout=3.0):
     except subprocess.TimeoutExpired:
         return {"error": "no answer"}
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["no answer"])[-1]}
+        return {"error": (proc.stderr.strip().splitlines() or ["no answer"])[-1].removeprefix("sidecar status: ")}
     try:
         return json.loads(proc.stdout)
     except ValueError:

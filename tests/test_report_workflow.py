@@ -1,0 +1,75 @@
+"""The demo run's per-record outputs and its Snakemake report: the HTML builds and holds every figure and table."""
+
+import base64
+import csv
+import json
+import re
+
+import pytest
+
+from conftest import run_cli
+from workflow_runs import DEMO_DATA, build_report, snakemake, write_config
+from virnucflow.fasta import read_fasta
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = {"phage_mix": DEMO_DATA / "phage_mix.fa", "reads_gz": DEMO_DATA / "reads.fa.gz"}
+FIGURES = ("virus_scores.png", "viral_fraction.png", "run_stats.png")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("report_run")
+    write_config(workdir, embedding={"sidecar": False, "device": "cpu"}, report={"top_contigs": 5})
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def table(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def test_per_record_calls_cover_every_input_record(run):
+    for sample, fasta in SAMPLES.items():
+        out = run / "results" / sample
+        records = dict(read_fasta(fasta))
+        rows = table(out / "virus_contigs.tsv")
+        assert [r["sequence_id"] for r in rows] == list(records)
+        assert all(int(r["length"]) == len(records[r["sequence_id"]]) for r in rows)
+        viral_chunks = sum(r["Is_Virus"] == "True" for r in table(out / "prediction_results_highestscore.csv"))
+        assert sum(int(r["chunks_viral"]) for r in rows) == viral_chunks
+        assert sum(int(r["chunks_scored"]) for r in rows) == len(table(out / "prediction_results_highestscore.csv"))
+        called = [r["sequence_id"] for r in rows if r["call"] == "virus"]
+        assert [rid for rid, _ in read_fasta(out / "virus_contigs.fa")] == called if called else \
+            (out / "virus_contigs.fa").read_text() == ""
+        assert (run / "logs" / sample / "contigs.log").is_file()
+    assert any(r["call"] == "virus" for r in table(run / "results/reads_gz/virus_contigs.tsv"))
+
+
+def test_the_report_builds_and_holds_every_figure_and_table(run):
+    html = build_report(run).read_text()
+    # every figure is embedded as the very bytes that the workflow wrote
+    embedded = dict(re.findall(r"data:image/png;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html))
+    for name in FIGURES:
+        assert base64.b64decode(embedded[name]) == (run / "report" / name).read_bytes(), name
+    tracks = [base64.b64decode(v) for v in re.findall(r"filename=score_tracks\.png;base64,([A-Za-z0-9+/=]+)", html)]
+    assert sorted(tracks) == sorted((run / "results" / s / "score_tracks.png").read_bytes() for s in SAMPLES)
+    assert html.count("filename=virus_contigs.tsv;base64,") == 2 and "filename=run_stats.tsv;base64," in html
+    for category in ("Per-record calls", "Score tracks", "Summary", "Run statistics"):
+        assert category in html
+    # the workflow description and captions, rendered with this run's config
+    assert "re-implemented faithfully as a Snakemake workflow" in html
+    assert "These are the tiny random demo models" in html
+    assert "along its top 5 records" in html
+    assert "the largest P(virus) over its kept frames" in html
+
+
+def test_the_run_is_complete_and_status_says_so(run):
+    assert "Nothing to be done" in snakemake(run, "-n", "--cores", "2").stdout
+    report = json.loads(run_cli("status", "-d", str(run), "--json", "--no-sidecar").stdout)
+    assert [s["stage"] for s in report["samples"]] == ["done", "done"]
+    assert report["workflow"]["percent"] == 100 and not report["workflow"]["locked"]
+    stats = table(run / "report/run_stats.tsv")
+    assert [r["sample"] for r in stats] == list(SAMPLES) and stats[1]["parts"] == "2"
+    assert stats[0]["embed_seconds"] != "NA"

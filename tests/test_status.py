@@ -1,0 +1,95 @@
+"""`virnucflow status` on a directory laid out as a run in progress: steps per sample, Snakemake's count,
+running jobs, and a sidecar that does not answer. It never imports torch."""
+
+import base64
+import json
+import subprocess
+import sys
+
+from conftest import run_cli
+from virnucflow.progress import Progress
+
+
+def touch(path, text=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def running_layout(root):
+    res = root / "results"
+    for sample in ("s1", "s2", "s3"):
+        touch(res / sample / "chunked.fa")
+    touch(res / "s1/identified_protein.faa")
+    for k in (1, 2, 3):
+        touch(res / f"s1/parts/output_{k}.fa")
+    touch(res / "s1/merged/output_1_merged.pt")
+    touch(res / "s1/embeddings/output_2_DNABERT_S.npz")
+    touch(res / "s1/embeddings/output_2_ESM.npz")
+    touch(res / "s1/embeddings/output_3_ESM.npz")  # DNABERT-S half still missing
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "virus_contigs.tsv"):
+        touch(res / "s3" / name)
+    touch(res / "s3/merged/output_1_merged.pt")
+    touch(root / "logs/s2/chunk.log", "2026-01-01 virnucflow INFO chunk: 200000 chunks written (50000/s)\n")
+    touch(root / ".snakemake/log/2026-01-01T000000.snakemake.log",
+          "Job stats: ...\n3 of 12 steps (25%) done\n5 of 14 steps (36%) done\n")
+    touch(root / ".snakemake/locks/0.input.lock")
+    key = base64.urlsafe_b64encode(b"results/s1/embeddings/output_3_DNABERT_S.npz").decode()
+    touch(root / ".snakemake/incomplete" / key, "{}")
+    touch(root / ".virnucflow/sidecar/gpu0.json", "{}")
+
+
+def test_status_of_a_run_in_progress(tmp_path):
+    running_layout(tmp_path)
+    proc = run_cli("status", "-d", str(tmp_path), "--json")
+    report = json.loads(proc.stdout)
+    wf = report["workflow"]
+    assert (wf["done"], wf["total"], wf["percent"], wf["locked"], wf["failed"]) == (5, 14, 36, True, False)
+    assert wf["running"] == ["results/s1/embeddings/output_3_DNABERT_S.npz"]
+    s1, s2, s3 = report["samples"]
+    assert (s1["parts"], s1["embedded"], s1["merged"], s1["classified"]) == (3, 2, 1, False)
+    assert s1["stage"] == "embedding (2/3 parts embedded, 1 merged)"
+    assert s2["stage"] == "translating" and "200000 chunks written" in s2["last_log"]
+    assert s3["stage"] == "done" and s3["parts"] == 1
+    assert "not a virnucflow-sidecar endpoint file" in report["sidecars"][str(tmp_path / ".virnucflow/sidecar/gpu0.json")]["error"]
+
+    text = run_cli("status", "-d", str(tmp_path)).stdout
+    assert "workflow: running; 5 of 14 steps (36%) done" in text
+    assert "samples done: 1 of 3" in text
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("s")}
+    assert rows["s1"] == ["yes", "yes", "3", "2/3", "1/3", "-", "-"]
+    assert rows["s3"] == ["yes", "yes", "1", "1/1", "1/1", "yes", "yes"]
+    assert "gpu0: " in text
+
+
+def test_status_lists_unstarted_samples_from_the_sheet_and_an_empty_directory(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("sample\tfasta\nfirst\ta.fa\nsecond\tb.fa\n")
+    text = run_cli("status", "-d", str(tmp_path), "--sample-sheet", str(sheet), "--no-sidecar").stdout
+    assert "workflow: not running; no Snakemake log" in text and "samples done: 0 of 2" in text
+    assert run_cli("status", "-d", str(tmp_path / "nothing"), "--no-sidecar").stdout.endswith("no sample has started (results/ is empty)\n")
+
+
+def test_status_does_not_import_torch(tmp_path):
+    code = "import sys; from virnucflow.cli import main; main(['status', '-d', sys.argv[1], '--no-sidecar']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+
+
+def test_progress_lines_every_n_records(caplog, monkeypatch):
+    monkeypatch.setenv("VIRNUCFLOW_PROGRESS_EVERY", "10")
+    caplog.set_level("INFO", logger="virnucflow.progress")
+    progress = Progress("chunk", "chunks written")
+    for _ in range(25):
+        progress.tick()
+    progress.done()
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [
+        "chunk: 10 chunks written", "chunk: 20 chunks written", "chunk: 25 chunks written in total"]
+
+
+def test_chunk_logs_progress(tmp_path, monkeypatch):
+    src = tmp_path / "in.fa"
+    src.write_text("".join(f">r{i}\n{'ACGT' * 100}\n" for i in range(30)))
+    monkeypatch.setenv("VIRNUCFLOW_PROGRESS_EVERY", "20")
+    proc = run_cli("chunk", "--size", "300", str(src), str(tmp_path / "c.fa"))
+    assert "chunk: 20 chunks written" in proc.stderr and "chunk: 60 chunks written in total" in proc.stderr
