@@ -89,7 +89,7 @@ def _samples(workdir, sample_sheet=None):
     results = Path(workdir) / "results"
     if not results.is_dir():
         return []
-    return sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "report")
+    return sorted(p.name for p in results.iterdir() if p.is_dir())
 
 
 def snakemake_progress(workdir):
