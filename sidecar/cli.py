@@ -28,8 +28,18 @@ def _serve_options(parser):
                        "(default $XDG_RUNTIME_DIR or the temp dir)")
     group.add_argument("--idle-timeout", type=float, default=0.0, metavar="S",
                        help="exit after S seconds without requests (0 = never; default 0)")
-    group.add_argument("--max-batch-tokens", type=int, default=4096, metavar="N",
-                       help="token budget of one compute batch, across requests (default 4096)")
+    group.add_argument("--mode", choices=("exact", "fast"),
+                       help="numerics: exact = fp32, one sequence per forward, bit-identical to the in-process "
+                       "`virnucflow embed`; fast = packed fp16 batches (cosine >= 0.999 to exact). "
+                       "Default: fast on CUDA, exact on CPU")
+    group.add_argument("--max-batch-tokens", type=int, metavar="N",
+                       help="token budget of one compute batch, across requests (default 4096 in exact mode, "
+                       "65536 in fast mode)")
+    group.add_argument("--dedup-cache-mb", type=float, default=1024.0, metavar="MB",
+                       help="per model, bytes of embeddings kept so that an identical sequence is embedded once "
+                       "per sidecar lifetime (LRU; 0 disables; default 1024)")
+    group.add_argument("--dedup-cache-entries", type=int, metavar="N",
+                       help="per model, at most N cached embeddings (default: bounded by --dedup-cache-mb only)")
     group.add_argument("--max-queued-tokens", type=int, default=1_000_000, metavar="N",
                        help="outstanding tokens beyond which requests are answered BUSY (default 1000000)")
     group.add_argument("--max-queued-requests", type=int, default=1024, metavar="N",
@@ -47,7 +57,8 @@ def _serve_args(ns):
     """The serve options of a parsed namespace, as an argument list for a child `sidecar serve`."""
     args = []
     for opt in ("esm2", "dnabert_s", "dnabert_revision", "device", "tcp", "secret_file", "socket_dir",
-                "idle_timeout", "max_batch_tokens", "max_queued_tokens", "max_queued_requests",
+                "idle_timeout", "mode", "max_batch_tokens", "dedup_cache_mb", "dedup_cache_entries",
+                "max_queued_tokens", "max_queued_requests",
                 "memory_fraction", "threads", "drain_timeout", "log_interval"):
         value = getattr(ns, opt)
         if value is not None:
@@ -135,10 +146,15 @@ def cmd_serve(ns):
     logger = logging.getLogger("sidecar")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    from .backends import default_mode
+
+    mode = ns.mode or default_mode(ns.device)
+    max_batch_tokens = ns.max_batch_tokens or (65536 if mode == "fast" else 4096)
     config = server.ServeConfig(
         endpoint_file=ns.endpoint_file, models=_models(ns), device=ns.device, tcp=ns.tcp,
         secret_file=ns.secret_file, socket_dir=ns.socket_dir, watch_pid=ns.watch_pid,
-        idle_timeout=ns.idle_timeout, max_batch_tokens=ns.max_batch_tokens,
+        idle_timeout=ns.idle_timeout, max_batch_tokens=max_batch_tokens, mode=mode,
+        dedup_cache_mb=ns.dedup_cache_mb, dedup_cache_entries=ns.dedup_cache_entries,
         max_queued_tokens=ns.max_queued_tokens, max_queued_requests=ns.max_queued_requests,
         memory_fraction=ns.memory_fraction, threads=ns.threads, drain_timeout=ns.drain_timeout,
         log_interval=ns.log_interval)

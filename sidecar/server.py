@@ -56,6 +56,9 @@ class ServeConfig:
     log_interval: float = 30.0
     empty_cache_interval: float = 60.0
     max_message_bytes: int = 256 * 1024 * 1024
+    mode: str = None  # exact | fast; None = fast on CUDA, exact on CPU
+    dedup_cache_mb: float = 1024.0  # per model; 0 disables deduplication
+    dedup_cache_entries: int = None
 
 
 class ModelStats:
@@ -75,6 +78,10 @@ class Server:
         self.load_error = None
         self.backends = {}
         self.device = config.device
+        if config.mode is None:
+            from .backends import default_mode
+
+            config.mode = default_mode(config.device)
         self.started = time.time()
         self.stats = {name: ModelStats() for name in config.models}
         self.batcher = Batcher(config.max_batch_tokens, config.max_queued_tokens, config.max_queued_requests)
@@ -176,10 +183,13 @@ class Server:
             start = time.monotonic()
             self.device = backends.configure_device(self.cfg.device, self.cfg.memory_fraction, self.cfg.threads)
             for name, (source, revision) in self.cfg.models.items():
-                backend = backends.make_backend(name, source, device=self.device, revision=revision)
+                backend = backends.make_backend(
+                    name, source, device=self.device, revision=revision, mode=self.cfg.mode,
+                    cache_bytes=int(self.cfg.dedup_cache_mb * 2**20), cache_entries=self.cfg.dedup_cache_entries,
+                    max_batch_tokens=self.cfg.max_batch_tokens)
                 backend.load()
-                log.info("loaded %s from %s: %s, dim %d, %.2f s", name, source, backend.name, backend.dim,
-                         backend.load_seconds)
+                log.info("loaded %s from %s: %s, dim %d, %s mode, %.2f s", name, source, backend.name, backend.dim,
+                         self.cfg.mode, backend.load_seconds)
                 self.backends[name] = backend
             self.loaded.set()
             if self.state == protocol.LOADING:
@@ -455,6 +465,7 @@ class Server:
                 "load_seconds": round(backend.load_seconds, 3) if backend and backend.load_seconds else None,
                 "requests": st.requests, "sequences": st.sequences, "tokens": st.tokens, "errors": st.errors,
                 "compute_s": round(st.compute_s, 3),
+                "dedup": backend.cache.stats() if backend else None,
             }
         memory = {"rss_bytes": _rss_bytes()}
         if self.loaded.is_set() and self.state != protocol.FAILED:
@@ -466,7 +477,7 @@ class Server:
         depth = self.batcher.depth()
         return {
             "state": self.state, "pid": self.pid, "host": rendezvous.hostname(), "endpoint": self.endpoint,
-            "device": self.device, "uptime_s": round(time.time() - self.started, 3), "models": models,
+            "device": self.device, "mode": self.cfg.mode, "uptime_s": round(time.time() - self.started, 3), "models": models,
             "memory": memory, "error": self.load_error,
             "queue": {"requests": depth["requests"], "tokens": depth["tokens"],
                       "max_batch_tokens": self.cfg.max_batch_tokens,

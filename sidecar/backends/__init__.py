@@ -1,6 +1,9 @@
 """Model backends of the sidecar: load a model once, count its tokens, embed batches safely on a device.
 
 One subclass per model (esm2.py, dnabert_s.py) names its loader; everything device-related lives here:
+the numeric mode (`exact`: the fp32 one-sequence-per-forward path of virnucflow.models, bit-identical to
+the in-process `virnucflow embed`; `fast`: the packed fp16 path of virnucflow.models.*_fast, built on the
+same loaded weights converted once), deduplication of identical sequences through sidecar.cache,
 the allocator setting that must precede `import torch`, the per-process memory fraction, periodic cache
 release, memory figures, and splitting a batch in halves on CUDA out-of-memory. torch is imported
 lazily so that importing this package costs nothing. No backend knows about sockets.
@@ -10,6 +13,12 @@ import os
 import time
 
 ALLOC_CONF = "expandable_segments:True"
+MODES = ("exact", "fast")
+
+
+def default_mode(device):
+    """fast on CUDA, exact on CPU (where fp16 buys nothing and exactness is free)."""
+    return "fast" if str(device).startswith("cuda") else "exact"
 
 
 class SequenceFailed(Exception):
@@ -74,10 +83,18 @@ class Backend:
 
     key = None  # protocol model name
 
-    def __init__(self, source, device="cpu", revision=None):
+    def __init__(self, source, device="cpu", revision=None, mode="exact", cache_bytes=0, cache_entries=None,
+                 max_batch_tokens=65536):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r} (use {' or '.join(MODES)})")
         self.source = source
         self.device = device
         self.revision = revision
+        self.mode = mode
+        self.max_batch_tokens = max_batch_tokens
+        from ..cache import EmbeddingCache
+
+        self.cache = EmbeddingCache(cache_bytes, cache_entries)
         self.model = None
         self.loads = 0
         self.load_seconds = None
@@ -119,10 +136,43 @@ class Backend:
         return np.concatenate([self.embed_batch(seqs[:half]), self.embed_batch(seqs[half:])])
 
     def embed_rows(self, seqs):
-        """Embed a batch; if it fails, embed one by one so a failure is pinned to its own sequence.
+        """Embed a batch, each distinct uncached sequence once; failures pinned to their own rows.
 
-        Returns (matrix, {row: one-line error}); failed rows of the matrix are undefined.
+        Returns (matrix, {row: one-line error}); failed rows of the matrix are undefined. Rows whose
+        sequence is in the cache (or repeats one earlier in the batch) cost no model work.
         """
+        if not self.cache.enabled:
+            return self._embed_rows_uncached(seqs)
+        import numpy as np
+
+        from ..cache import content_key
+
+        keys = [content_key(self.key, s) for s in seqs]
+        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
+        todo = {}  # key -> rows needing it
+        for row, key in enumerate(keys):
+            if key in todo:
+                self.cache.hits += 1  # a duplicate within the batch
+                todo[key].append(row)
+                continue
+            vector = self.cache.get(key)
+            if vector is None:
+                todo[key] = [row]
+            else:
+                out[row] = vector
+        errors = {}
+        if todo:
+            firsts = [rows[0] for rows in todo.values()]
+            matrix, sub_errors = self._embed_rows_uncached([seqs[r] for r in firsts])
+            for i, (key, rows) in enumerate(todo.items()):
+                if i in sub_errors:
+                    errors.update((r, sub_errors[i]) for r in rows)
+                    continue
+                out[rows] = matrix[i]
+                self.cache.put(key, matrix[i])
+        return out, errors
+
+    def _embed_rows_uncached(self, seqs):
         try:
             return self.embed_batch(seqs), {}
         except Exception as exc:
@@ -145,11 +195,11 @@ def _one_line(exc):
     return f"{exc.__class__.__name__}: {text}"[:500]
 
 
-def make_backend(key, source, device="cpu", revision=None):
+def make_backend(key, source, device="cpu", revision=None, **options):
     if key == "esm2":
         from .esm2 import Esm2Backend as cls
     elif key == "dnabert_s":
         from .dnabert_s import DnabertSBackend as cls
     else:
         raise ValueError(f"unknown model {key!r}")
-    return cls(source, device=device, revision=revision)
+    return cls(source, device=device, revision=revision, **options)

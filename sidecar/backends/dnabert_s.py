@@ -1,4 +1,5 @@
-"""DNABERT-S backend: the resident MosaicBERT model of virnucflow.models.dnabert_s (exact fp32, per-sequence)."""
+"""DNABERT-S backend: the resident MosaicBERT model of virnucflow.models.dnabert_s (exact: fp32, one
+sequence per forward), or in fast mode the packed fp16 FastDnabertS built on those weights."""
 
 from . import Backend
 
@@ -9,4 +10,9 @@ class DnabertSBackend(Backend):
     def _load(self):
         from virnucflow.models.dnabert_s import load_dnabert_s
 
-        return load_dnabert_s(self.source, revision=self.revision, device=self.device)
+        if self.mode == "exact":
+            return load_dnabert_s(self.source, revision=self.revision, device=self.device)
+        from virnucflow.models.mosaicbert_fast import FastDnabertS
+
+        return FastDnabertS(load_dnabert_s(self.source, revision=self.revision, device="cpu"),
+                            device=self.device, max_batch_tokens=self.max_batch_tokens)

@@ -1,4 +1,6 @@
-"""ESM-2 backend: the resident fair-esm model of virnucflow.models.esm2 (exact fp32, per-sequence)."""
+"""ESM-2 backend: the resident fair-esm model of virnucflow.models.esm2 (exact: fp32, one protein per
+forward), or in fast mode the packed fp16 FastEsm2 built on those weights (loaded on the CPU, converted to
+fp16 there, moved to the device once)."""
 
 from . import Backend
 
@@ -9,4 +11,9 @@ class Esm2Backend(Backend):
     def _load(self):
         from virnucflow.models.esm2 import load_esm2
 
-        return load_esm2(self.source, device=self.device)
+        if self.mode == "exact":
+            return load_esm2(self.source, device=self.device)
+        from virnucflow.models.esm2_fast import FastEsm2
+
+        return FastEsm2(load_esm2(self.source, device="cpu"), device=self.device,
+                        max_batch_tokens=self.max_batch_tokens)

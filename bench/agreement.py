@@ -1,0 +1,34 @@
+"""Fast-vs-exact agreement figures: per-sequence cosine, and the classifier's labels and scores.
+
+Used by tests/test_fast_agreement.py (tiny models, CPU) and bench/throughput.py (real size, H200).
+"""
+
+import numpy as np
+
+
+def cosines(a, b):
+    """Per-row cosine similarity of two [N, D] float arrays (computed in float64)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def embedding_summary(a, b):
+    cos = cosines(a, b)
+    return {"n": int(len(cos)), "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+            "max_abs_diff": float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+            "std_exact": float(np.asarray(a).std()), "mean_per_dim_std_exact": float(np.asarray(a).std(0).mean())}
+
+
+def classifier_agreement(classifier, dna_a, esm_a, dna_b, esm_b):
+    """Merge (DNABERT-S first, then ESM-2, as the original) and classify both feature sets.
+
+    `classifier` is a path to a .pth (e.g. from virnucflow.classifier.write_random_classifier) or a loaded
+    state; returns label agreement (fraction), the largest |P(virus)| difference and the label counts."""
+    from virnucflow.classifier import load_classifier, predict
+
+    state = load_classifier(classifier) if not hasattr(classifier, "state_dict") else classifier
+    pa = predict(state, np.concatenate([dna_a, esm_a], axis=1)).numpy()
+    pb = predict(state, np.concatenate([dna_b, esm_b], axis=1)).numpy()
+    la, lb = pa[:, 1] > pa[:, 0], pb[:, 1] > pb[:, 0]
+    return {"n": int(len(la)), "label_agreement": float((la == lb).mean()), "labels_differ": int((la != lb).sum()),
+            "max_score_diff": float(np.abs(pa - pb).max()), "virus_fraction_exact": float(la.mean())}
