@@ -93,3 +93,11 @@ def test_chunk_logs_progress(tmp_path, monkeypatch):
     monkeypatch.setenv("VIRNUCFLOW_PROGRESS_EVERY", "20")
     proc = run_cli("chunk", "--size", "300", str(src), str(tmp_path / "c.fa"))
     assert "chunk: 20 chunks written" in proc.stderr and "chunk: 60 chunks written in total" in proc.stderr
+
+
+def test_a_file_that_a_running_job_still_writes_is_not_done(tmp_path):
+    running_layout(tmp_path)
+    key = base64.urlsafe_b64encode(b"results/s3/virus_contigs.tsv").decode()
+    touch(tmp_path / ".snakemake/incomplete" / key, "{}")
+    report = json.loads(run_cli("status", "-d", str(tmp_path), "--json", "--no-sidecar").stdout)
+    assert report["samples"][2]["stage"] == "calling records"

@@ -22,31 +22,38 @@ from pathlib import Path
 SIDECAR_DIR = ".virnucflow/sidecar"
 _STEPS = re.compile(r"(\d+) of (\d+) steps \((\d+)%\) done")
 _PART = re.compile(r"output_(\d+)")
-STEP_LOGS = ("chunk", "translate", "split", "classify", "contigs")
 
 
-def _parts(directory, pattern):
-    return {int(m.group(1)) for p in directory.glob(pattern) if (m := _PART.match(p.name))}
+def sample_progress(workdir, sample, running=()):
+    """A dict of the sample's steps: booleans for whole-sample steps, counts for per-part ones.
 
+    A file that a running job is still writing (`running`, paths relative to workdir) is not done yet.
+    """
+    workdir = Path(workdir)
+    busy = {workdir / f for f in running}
+    out = workdir / "results" / sample
 
-def sample_progress(workdir, sample):
-    """A dict of the sample's steps: booleans for whole-sample steps, counts for per-part ones."""
-    out = Path(workdir) / "results" / sample
-    merged = _parts(out / "merged", "output_*_merged.pt")
-    embedded = merged | (_parts(out / "embeddings", "output_*_DNABERT_S.npz") & _parts(out / "embeddings", "output_*_ESM.npz"))
-    split = _parts(out / "parts", "output_*.fa") if (out / "parts").is_dir() else None
-    classified = (out / "prediction_results_highestscore.csv").is_file()
-    parts = len(split) if split is not None else (len(merged) if classified else None)
-    translated = (out / "identified_protein.faa").is_file() or parts is not None
+    def done(path):
+        return path.is_file() and path not in busy
+
+    def parts(directory, pattern):
+        return {int(m.group(1)) for p in directory.glob(pattern) if (m := _PART.match(p.name)) and p not in busy}
+
+    merged = parts(out / "merged", "output_*_merged.pt")
+    embedded = merged | (parts(out / "embeddings", "output_*_DNABERT_S.npz") & parts(out / "embeddings", "output_*_ESM.npz"))
+    split = parts(out / "parts", "output_*.fa") if (out / "parts").is_dir() and out / "parts" not in busy else None
+    classified = done(out / "prediction_results_highestscore.csv")
+    n_parts = len(split) if split is not None else (len(merged) if classified else None)
+    translated = done(out / "identified_protein.faa") or n_parts is not None
     info = {
         "sample": sample,
-        "chunked": (out / "chunked.fa").is_file() or translated,
+        "chunked": done(out / "chunked.fa") or translated,
         "translated": translated,
-        "parts": parts,
+        "parts": n_parts,
         "embedded": len(embedded),
         "merged": len(merged),
         "classified": classified,
-        "contigs": (out / "virus_contigs.tsv").is_file(),
+        "contigs": done(out / "virus_contigs.tsv"),
     }
     info["stage"] = _stage(info)
     info["last_log"] = None if info["contigs"] else _last_progress(Path(workdir) / "logs" / sample)
@@ -70,16 +77,13 @@ def _stage(info):
 
 
 def _last_progress(log_dir):
-    """The newest line of the sample's step logs, if any was written in the last hour."""
-    newest = None
-    for name in STEP_LOGS:
-        path = log_dir / f"{name}.log"
-        if path.is_file() and path.stat().st_size and (newest is None or path.stat().st_mtime > newest.stat().st_mtime):
-            newest = path
+    """The newest line of the sample's logs (steps and parts), if one was written in the last hour."""
+    logs = [p for p in log_dir.rglob("*.log") if p.is_file() and p.stat().st_size] if log_dir.is_dir() else []
+    newest = max(logs, key=lambda p: p.stat().st_mtime, default=None)
     if newest is None or time.time() - newest.stat().st_mtime > 3600:
         return None
     lines = [line for line in newest.read_text(errors="replace").splitlines() if line.strip()]
-    return f"{newest.name}: {lines[-1].strip()}" if lines else None
+    return f"{newest.relative_to(log_dir)}: {lines[-1].strip()}" if lines else None
 
 
 def _samples(workdir, sample_sheet=None):
@@ -148,10 +152,11 @@ def collect(workdir=".", sample_sheet=None, sidecars=True, extra_endpoints=()):
     workdir = Path(workdir)
     endpoints = sorted((workdir / SIDECAR_DIR).glob("*.json")) if (workdir / SIDECAR_DIR).is_dir() else []
     endpoints += [Path(e) for e in extra_endpoints]
+    workflow = snakemake_progress(workdir)
     return {
         "directory": str(workdir.resolve()),
-        "workflow": snakemake_progress(workdir),
-        "samples": [sample_progress(workdir, s) for s in _samples(workdir, sample_sheet)],
+        "workflow": workflow,
+        "samples": [sample_progress(workdir, s, workflow["running"]) for s in _samples(workdir, sample_sheet)],
         "sidecars": {str(e): sidecar_status(e) for e in endpoints} if sidecars else {},
     }
 
