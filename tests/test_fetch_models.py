@@ -148,9 +148,11 @@ def test_fetch_lays_out_the_models_verifies_and_pins_then_fetches_nothing_twice(
     assert f"esm2: {dest}/torch/hub/checkpoints/esm2_t36_3B_UR50D.pt" in proc.stdout
 
     server.requests.clear()
+    manifest_bytes = (dest / "manifest.json").read_bytes()
     again = cli(server, dest)
     assert again.returncode == 0, again.stderr
     assert server.requests == []
+    assert (dest / "manifest.json").read_bytes() == manifest_bytes
     assert "0 file(s) fetched (0 bytes downloaded), 6 already present and verified" in again.stderr
     assert leftovers(dest) == []
 
@@ -246,3 +248,13 @@ def test_missing_files_and_unreachable_servers_are_one_line_errors(server, tmp_p
     closed = run_cli("fetch-models", "--dest", str(tmp_path / "m2"), "--only", "esm2", "--retries", "1",
                      "--esm-base-url", "http://127.0.0.1:9/esm", check=False, timeout=60)
     assert closed.returncode != 0 and "download failed after 1 attempt(s)" in one_error_line(closed)
+
+
+def test_files_put_in_place_by_hand_are_recorded_not_fetched(server, tmp_path):
+    target = tmp_path / "torch/hub/checkpoints/esm2_t36_3B_UR50D.pt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(ESM)
+    summary = fetch.fetch_models(tmp_path, fetch.default_items(["esm2"], esm_base_url=f"{server.url}/esm"))
+    assert summary.reused == [fetch.ESM2_PATH] and server.requests == []
+    entry = json.loads((tmp_path / "manifest.json").read_text())["files"][fetch.ESM2_PATH]
+    assert entry["sha256"] == hashlib.sha256(ESM).hexdigest() and entry["verified_by"] == "recorded when found in place"

@@ -326,7 +326,9 @@ class Fetcher:
                 log.warning("%s; fetching it again", exc)
                 path.unlink()
                 continue
-            self._record(choice, digests, self.manifest["files"].get(choice.path, {}).get("url"))
+            if choice.path not in self.manifest["files"]:  # put there by hand: record what was found
+                digests["verified_by"] = digests["verified_by"].replace("recorded at first download", "recorded when found in place")
+                self._record(choice, digests, None)
             return choice
         return None
 
