@@ -52,7 +52,7 @@ def test_the_report_builds_and_holds_every_figure_and_table(run):
     # every figure is embedded as the very bytes that the workflow wrote
     embedded = dict(re.findall(r"data:image/png;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html))
     for name in FIGURES:
-        assert base64.b64decode(embedded[name]) == (run / "report" / name).read_bytes(), name
+        assert base64.b64decode(embedded[name]) == (run / "summary" / name).read_bytes(), name
     tracks = [base64.b64decode(v) for v in re.findall(r"filename=score_tracks\.png;base64,([A-Za-z0-9+/=]+)", html)]
     assert sorted(tracks) == sorted((run / "results" / s / "score_tracks.png").read_bytes() for s in SAMPLES)
     assert html.count("filename=virus_contigs.tsv;base64,") == 2 and "filename=run_stats.tsv;base64," in html
@@ -70,6 +70,6 @@ def test_the_run_is_complete_and_status_says_so(run):
     report = json.loads(run_cli("status", "-d", str(run), "--json", "--no-sidecar").stdout)
     assert [s["stage"] for s in report["samples"]] == ["done", "done"]
     assert report["workflow"]["percent"] == 100 and not report["workflow"]["locked"]
-    stats = table(run / "report/run_stats.tsv")
+    stats = table(run / "summary/run_stats.tsv")
     assert [r["sample"] for r in stats] == list(SAMPLES) and stats[1]["parts"] == "2"
     assert stats[0]["embed_seconds"] != "NA"

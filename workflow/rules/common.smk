@@ -4,6 +4,7 @@ import csv
 import subprocess
 import os
 import re
+import shlex
 
 from snakemake.utils import validate
 
@@ -99,9 +100,7 @@ CONTIGS.setdefault("min_viral_fraction", 0.5)
 REPORT = config.setdefault("report", {})
 REPORT.setdefault("top_contigs", 10)
 DOWNLOAD_DIR = MODELS.setdefault("download_dir", "models")
-REPORT_DIR = (
-    "report"  # cross-sample figures, beside results/ so that no sample name collides
-)
+REPORT_DIR = "summary"  # cross-sample figures and run statistics, beside results/
 
 
 def report_outputs():
@@ -174,14 +173,39 @@ def sidecar_device(slot):
     return "cpu" if slot == "cpu" else f"cuda:{slot[3:]}"
 
 
+def on_slurm():
+    """True when the jobs go to SLURM through the executor plugin, and inside those jobs. Then each
+    sidecar is a SLURM job of its own, reached over TCP (docs/architecture.md, "Under SLURM").
+    The executor is known only once the DAG is built: ask this in input and params functions.
+    """
+    name = getattr(workflow.executor_plugin, "name", None)
+    return name in ("slurm", "slurm-jobstep") or (
+        workflow.remote_exec and "SLURM_JOB_ID" in os.environ
+    )
+
+
+def sidecar_slots():
+    if not on_slurm():
+        return SIDECAR_SLOTS
+    if EMBED["device"] == "cpu":
+        return ["cpu"]
+    # one sidecar job per GPU that the run asks for; the submit host's own GPUs do not count
+    return [f"gpu{i}" for i in range(len(EMBED.get("gpus") or [0]))]
+
+
 def slot_of(wildcards):
     """Spread the parts over the sidecars: round robin over (sample, part)."""
+    slots = sidecar_slots()
     index = list(SAMPLES).index(wildcards.sample) + int(wildcards.k)
-    return SIDECAR_SLOTS[index % len(SIDECAR_SLOTS)]
+    return slots[index % len(slots)]
 
 
 def endpoint_file(slot):
-    return EXTERNAL_ENDPOINT or f"{SIDECAR_DIR}/{slot}.json"
+    if EXTERNAL_ENDPOINT:
+        return EXTERNAL_ENDPOINT
+    if on_slurm():  # the sidecar job's endpoint is the sidecar rule's temp() output
+        return f"{SIDECAR_DIR}/{slot}.started"
+    return f"{SIDECAR_DIR}/{slot}.json"
 
 
 def serve_args(slot):
@@ -207,10 +231,68 @@ def sidecar_inputs(wildcards):
 
 
 def ensure_command(wildcards):
-    """Each client first makes sure its sidecar lives: a rerun or a --retries attempt restarts a dead one."""
-    if EXTERNAL_ENDPOINT:
+    """Each client first makes sure its sidecar lives: a rerun or a --retries attempt restarts a dead one.
+    Not under SLURM, where a client runs on a CPU node and its sidecar is a job on a GPU node.
+    """
+    if EXTERNAL_ENDPOINT or on_slurm():
         return ""
     slot = slot_of(wildcards)
     return (
         f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && "
+    )
+
+
+def sidecar_rule_inputs(wildcards):
+    """Under SLURM the sidecar job waits for every sample's parts: its GPU is not held during the
+    preparation, and all per-file jobs are known when it starts, so that the temp() endpoint is
+    removed (and the sidecar job ends) only after the last of them."""
+    inputs = model_files()
+    if on_slurm():
+        inputs.update({f"parts_{s}": f"results/{s}/parts" for s in SAMPLES})
+    return inputs
+
+
+def sbatch_args(resources, threads):
+    """sbatch options for a sidecar job, from the sidecar rule's resources (set in the SLURM profile)."""
+    res = {k: resources[k] for k in resources.keys()}
+    args = [f"--cpus-per-task={res.get('cpus_per_task') or max(threads, 1)}"]
+    options = {
+        "slurm_partition": "--partition",
+        "slurm_account": "--account",
+        "qos": "--qos",
+        "constraint": "--constraint",
+        "mem_mb": "--mem",
+        "runtime": "--time",
+        "gres": "--gres",
+    }
+    args += [f"{flag}={res[key]}" for key, flag in options.items() if res.get(key)]
+    if res.get("gpu"):
+        model = res.get("gpu_model")
+        args.append(f"--gpus={model}:{res['gpu']}" if model else f"--gpus={res['gpu']}")
+    if res.get("slurm_extra"):
+        args.append(str(res["slurm_extra"]))
+    return " ".join(args)
+
+
+def sidecar_start_command(wildcards, output, resources, threads):
+    slot = wildcards.slot
+    if not on_slurm():
+        return f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && touch {output}"
+    revision = MODELS.get("dnabert_s_revision")
+    serve = [
+        f"--esm2 {MODELS['esm2']}",
+        f"--dnabert-s {MODELS['dnabert_s']}",
+        f"--dnabert-revision {revision}" if revision else "",
+        f"--idle-timeout {EMBED.get('idle_timeout', 3600)}",
+        "--drain-timeout 10",
+        f"--log logs/sidecar/{slot}.server.log",
+    ]
+    # in its job, a sidecar sees its one GPU as cuda:0
+    device = {"cpu": "cpu", "auto": "auto"}.get(EMBED["device"], "cuda:0")
+    return (
+        f"python {workflow.source_path('../scripts/slurm_sidecar.py')} "
+        f"--endpoint-file {output} --job-name virnucflow-sidecar-{slot} "
+        f"--output logs/sidecar/{slot}.slurm.log --device {device} "
+        f"--sbatch-args {shlex.quote(sbatch_args(resources, threads))} -- "
+        + " ".join(a for a in serve if a)
     )
