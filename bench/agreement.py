@@ -32,3 +32,29 @@ def classifier_agreement(classifier, dna_a, esm_a, dna_b, esm_b):
     la, lb = pa[:, 1] > pa[:, 0], pb[:, 1] > pb[:, 0]
     return {"n": int(len(la)), "label_agreement": float((la == lb).mean()), "labels_differ": int((la != lb).sum()),
             "max_score_diff": float(np.abs(pa - pb).max()), "virus_fraction_exact": float(la.mean())}
+
+
+def calibrated_classifier(path, features):
+    """A random classifier made informative for these features: BatchNorm statistics taken from them and the
+    output bias set so that half the rows are called virus. (A random classifier left as is calls nearly
+    every row one class, and label agreement then says nothing.) Returns a LoadedClassifier."""
+    import torch
+
+    from virnucflow.classifier import LoadedClassifier, _model, load_classifier
+
+    loaded = load_classifier(path)
+    model = _model(loaded)
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    with torch.no_grad():
+        model.train()
+        model.bn1.reset_running_stats()
+        model.bn1.momentum = None  # cumulative average over the batches
+        for part in x.split(4096):
+            model.bn1(model.hidden_layer(part))
+        model.eval()
+        logits = model(x)
+        margin = (logits[:, 1] - logits[:, 0]).median()
+        model.output_layer.bias[1] -= margin / 2
+        model.output_layer.bias[0] += margin / 2
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return LoadedClassifier(state, loaded.input_dim)

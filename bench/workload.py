@@ -22,11 +22,12 @@ def frames(n, read_length=500, seed=0):
     return out[:n]
 
 
-def write_parts(out_dir, n_files, per_file, read_length=500, seed=0):
+def write_parts(out_dir, n_files, per_file, read_length=500, seed=0, workers=1):
     """Write output_<k>.fa / .faa part files as the split step does; return [(fa, faa)]."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = frames(n_files * per_file, read_length, seed)
+    rows = frames(n_files * per_file, read_length, seed) if workers == 1 else \
+        many_frames(n_files * per_file, read_length, seed, workers)
     parts = []
     for k in range(n_files):
         fa, faa = out_dir / f"output_{k + 1}.fa", out_dir / f"output_{k + 1}.faa"
@@ -35,3 +36,23 @@ def write_parts(out_dir, n_files, per_file, read_length=500, seed=0):
         faa.write_text("".join(f">{fid}\n{prot}\n" for fid, _, prot in chunk))
         parts.append((fa, faa))
     return parts
+
+
+def _frames_job(job):
+    n, read_length, seed, prefix = job
+    return [(f"{prefix}{fid}", dna, prot) for fid, dna, prot in frames(n, read_length, seed)]
+
+
+def many_frames(n, read_length=500, seed=0, workers=None):
+    """n kept frames made by `workers` processes (each its own seed; IDs prefixed to stay unique).
+    Deterministic for given (n, read_length, seed, workers); not the same frames as `frames`."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or min(16, os.cpu_count() or 1)
+    sizes = [n // workers + (i < n % workers) for i in range(workers)]
+    jobs = [(size, read_length, seed * 1000 + i, f"s{seed}w{i}_") for i, size in enumerate(sizes) if size]
+    if len(jobs) == 1:
+        return _frames_job(jobs[0])
+    with ProcessPoolExecutor(len(jobs)) as pool:
+        return [row for part in pool.map(_frames_job, jobs) for row in part]

@@ -70,6 +70,21 @@ class FastEsm2:
             attention = "varlen" if (varlen and self.device.type == "cuda" and dtype != torch.float32) else "buckets"
         self.attention = attention
         self._varlen = varlen
+        if attention == "varlen" and not self._varlen_works():
+            self.attention = "buckets"
+
+    def _varlen_works(self):
+        """Check the flash varlen kernel against bucketed SDPA once (a torch build may lack or differ)."""
+        try:
+            g = torch.Generator(device=self.device).manual_seed(0)
+            q, k, v = (torch.randn(7 + 5, self.heads, self.head_dim, generator=g, device=self.device)
+                       .to(self.dtype) for _ in range(3))
+            packing = Packing([7, 5], self.device)
+            a = self._attention(q * self.scaling, k, v, packing)
+            b = bucket_attention(q * self.scaling, k, v, packing, scale=1.0)
+            return bool(torch.allclose(a.float(), b.float(), atol=2e-2, rtol=2e-2))
+        except Exception:  # noqa: BLE001 - any failure means: do not use it
+            return False
 
     # ---- tokens ---------------------------------------------------------------------------------
 
