@@ -62,7 +62,7 @@ def plot_score_distribution(samples, path):
         hist.set_xlabel("chunk virus score (largest P(virus) over kept frames)")
         hist.set_ylabel("chunks")
         names = [n for n, v in values.items() if v]
-        box.boxplot([values[n] for n in names], vert=False, tick_labels=names, showfliers=False)
+        box.boxplot([values[n] for n in names], orientation="horizontal", tick_labels=names, showfliers=False)
         box.axvline(0.5, color="gray", linestyle="--", linewidth=1)
         box.set_xlim(0, 1)
         box.set_xlabel("chunk virus score")
@@ -116,7 +116,7 @@ def plot_run_stats(samples, stats, path):
     counts.legend(fontsize=8)
     timed = [s for s in samples if s.embed_seconds]
     if timed:
-        times.boxplot([s.embed_seconds for s in timed], vert=False, tick_labels=[s.name for s in timed])
+        times.boxplot([s.embed_seconds for s in timed], orientation="horizontal", tick_labels=[s.name for s in timed])
         times.invert_yaxis()
         times.set_xlabel("seconds per embedding job (Snakemake benchmark)")
     else:
