@@ -7,8 +7,10 @@ if USE_SIDECAR and not EXTERNAL_ENDPOINT:
 
     rule sidecar:
         # Starts (or finds) the sidecar of one GPU; it answers READY once its models are loaded.
+        # Under SLURM it submits the sidecar as a GPU job of its own, and its output is that job's
+        # endpoint file: removed after the last per-file job, which ends the sidecar job.
         input:
-            unpack(lambda wc: model_files()),
+            unpack(sidecar_rule_inputs),
         output:
             temp(f"{SIDECAR_DIR}/{{slot}}.started"),
         log:
@@ -17,11 +19,9 @@ if USE_SIDECAR and not EXTERNAL_ENDPOINT:
         conda:
             "../envs/virnucflow.yaml"
         params:
-            endpoint=lambda wc: endpoint_file(wc.slot),
-            serve=lambda wc: serve_args(wc.slot),
+            start=sidecar_start_command,
         shell:
-            "sidecar ensure --endpoint-file {params.endpoint} {params.serve} > {log} 2>&1 "
-            "&& touch {output}"
+            "{params.start} > {log} 2>&1"
 
 
 if USE_SIDECAR:

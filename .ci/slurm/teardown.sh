@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Stop the single-node SLURM that .ci/slurm/setup.sh started: cancel whatever jobs are left, then
+# stop slurmd, slurmctld and munged, each by the pid in its own pid file (nothing is killed by name).
+set -uo pipefail
+
+STATE=${VIRNUCFLOW_SLURM_STATE:-/var/lib/virnucflow-slurm}
+quiet=${1:-}
+
+stop_pidfile() { # stop_pidfile NAME FILE
+    local pid
+    [ -s "$2" ] || return 0
+    pid=$(cat "$2")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+        [ "$quiet" = --quiet ] || echo "slurm teardown: stopped $1 ($pid)"
+    fi
+    rm -f "$2"
+}
+
+if [ -s "$STATE/slurmctld.pid" ] && command -v scancel >/dev/null; then
+    timeout 20 scancel --full --quiet --user root 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        [ -z "$(timeout 10 squeue -h -t R,PD,CG 2>/dev/null)" ] && break
+        sleep 0.2
+    done
+fi
+stop_pidfile slurmd "$STATE/slurmd.pid"
+stop_pidfile slurmctld "$STATE/slurmctld.pid"
+stop_pidfile munged /run/munge/munged.pid
+exit 0

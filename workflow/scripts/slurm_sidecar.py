@@ -1,0 +1,131 @@
+"""Start one embedding sidecar as its own SLURM job and wait until it has bound its socket.
+
+Run by the `sidecar` rule when the workflow runs under the SLURM executor (docs/architecture.md,
+"Under SLURM"). The sidecar job holds the GPU (and the CPUs and memory) that the `sidecar` rule's
+resources ask for; it listens on TCP with CURVE authentication, and the per-file jobs, which are
+CPU jobs anywhere in the cluster, reach it through its endpoint file on the shared file system.
+
+The endpoint file is the `sidecar` rule's temp() output: Snakemake deletes it once the last
+per-file job that needs it is done, and a sidecar exits when its endpoint file is removed, so the
+SLURM job ends then. Its idle timeout and its time limit bound it when the run itself dies.
+
+Standard library only: this runs on the submit host, where Snakemake runs.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNNING = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--endpoint-file", required=True, help="the endpoint file the sidecar writes (the rule's output)")
+    p.add_argument("--job-name", required=True)
+    p.add_argument("--output", required=True, help="the SLURM job's own output file")
+    p.add_argument("--device", default="auto", help="auto: cuda:0 when SLURM gave the job a GPU, else cpu")
+    p.add_argument("--bind", default="0.0.0.0", help="address to listen on (CURVE-authenticated)")
+    p.add_argument("--python", default=sys.executable, help="the Python that runs `-m sidecar serve`")
+    p.add_argument("--sbatch-args", default="", help="extra sbatch options (account, partition, resources)")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between checks while waiting")
+    p.add_argument("serve_args", nargs=argparse.REMAINDER, help="-- then the options of `sidecar serve`")
+    ns = p.parse_args(argv)
+    if ns.serve_args[:1] == ["--"]:
+        ns.serve_args = ns.serve_args[1:]
+    return ns
+
+
+def batch_script(ns, endpoint, secret):
+    serve = [ns.python, "-m", "sidecar", "serve", "--endpoint-file", str(endpoint),
+             "--tcp", f"{ns.bind}:0", "--secret-file", str(secret), *ns.serve_args]
+    if ns.device == "auto":
+        device = ('device=cpu; case "${CUDA_VISIBLE_DEVICES:-}" in ""|NoDevFiles|-1) ;; '
+                  "*) device=cuda:0 ;; esac")
+    else:
+        device = f"device={shlex.quote(ns.device)}"
+    return "\n".join([
+        "#!/bin/bash",
+        f"# virnucflow embedding sidecar, submitted by {Path(__file__).name}: one per GPU of the run.",
+        "# It exits when its endpoint file is removed (Snakemake removes it after the last per-file",
+        "# job), on SIGTERM (scancel, time limit), or after its idle timeout.",
+        device,
+        'echo "sidecar: SLURM job ${SLURM_JOB_ID} on $(hostname), device ${device}"',
+        f"exec {shlex.join(serve)} --device \"$device\"",
+        "",
+    ])
+
+
+def job_state(job_id):
+    """The job's state from squeue, or None once squeue no longer lists it."""
+    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    state = proc.stdout.strip()
+    return state or None
+
+
+def tail(path, n=20):
+    try:
+        return "".join(Path(path).read_text(errors="replace").splitlines(True)[-n:])
+    except OSError:
+        return ""
+
+
+def main(argv=None):
+    ns = parse_args(sys.argv[1:] if argv is None else argv)
+    endpoint = Path(ns.endpoint_file)
+    endpoint.parent.mkdir(parents=True, exist_ok=True)
+    Path(ns.output).parent.mkdir(parents=True, exist_ok=True)
+    endpoint.unlink(missing_ok=True)  # a stale file from a dead sidecar would be taken for the new one
+    secret = endpoint.with_suffix(".secret")
+    script = endpoint.with_suffix(".sbatch")
+    script.write_text(batch_script(ns, endpoint, secret))
+    cmd = ["sbatch", "--parsable", "--job-name", ns.job_name, "--output", ns.output,
+           "--open-mode=append", "--export=ALL", *shlex.split(ns.sbatch_args), str(script)]
+    print("submitting:", shlex.join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"slurm_sidecar: sbatch failed: {' '.join(proc.stderr.split())}", file=sys.stderr)
+        return 1
+    job_id = proc.stdout.strip().split(";")[0]
+    print(f"sidecar job {job_id} submitted; waiting until it has bound its socket", flush=True)
+
+    def cancel(signum, frame):  # Snakemake stops this rule: the sidecar job must not start later
+        subprocess.run(["scancel", job_id], capture_output=True)
+        print(f"slurm_sidecar: interrupted; cancelled job {job_id}", file=sys.stderr)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, cancel)
+    signal.signal(signal.SIGINT, cancel)
+    last_state = None
+    while True:
+        if endpoint.exists():
+            try:
+                info = json.loads(endpoint.read_text())
+            except (OSError, ValueError):
+                info = None  # written atomically, so this is only a race with a removal
+            if info:
+                print(f"sidecar job {job_id} is up: pid {info.get('pid')} on {info.get('host')}, "
+                      f"{info.get('endpoint')}", flush=True)
+                return 0
+        state = job_state(job_id)
+        if state != last_state:
+            print(f"sidecar job {job_id}: {state or 'finished'}", flush=True)
+            last_state = state
+        if state not in RUNNING:
+            if endpoint.exists():
+                continue
+            print(f"slurm_sidecar: sidecar job {job_id} ended ({state or 'gone from squeue'}) before "
+                  f"it wrote {endpoint}; its output ({ns.output}) ends with:\n{tail(ns.output)}",
+                  file=sys.stderr)
+            return 1
+        time.sleep(ns.poll)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
