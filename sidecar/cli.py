@@ -118,6 +118,9 @@ def build_parser():
                        help="how long to wait for the models to load (default 1800)")
     embed.add_argument("--ensure", action="store_true",
                        help="start a sidecar with the server options below if none answers")
+    embed.add_argument("--watch-pid", type=int, metavar="PID",
+                       help="with --ensure: a sidecar started here exits when PID is gone")
+    embed.add_argument("--log", metavar="F", help="with --ensure: the started server's log")
     _serve_options(embed)
     return parser
 
@@ -218,7 +221,7 @@ def cmd_embed(ns):
             from .launcher import ensure_sidecar
 
             _models(ns)
-            ensure_sidecar(ns.endpoint_file, _serve_args(ns))
+            ensure_sidecar(ns.endpoint_file, _serve_args(ns), watch_pid=ns.watch_pid, log_file=ns.log)
         try:
             with SidecarClient(ns.endpoint_file, ready_timeout=ns.ready_timeout) as client:
                 arrays = {model: client.embed(model, [r[0] for r in records[model]], [r[1] for r in records[model]],
@@ -233,12 +236,14 @@ def cmd_embed(ns):
 
 
 def _read_fasta(path):
-    from virnucflow.fasta import read_fasta
+    """A part's records; a part is empty when its sample kept no frame."""
+    from virnucflow.embedding import read_part
 
     try:
-        return list(read_fasta(path))
+        ids, seqs = read_part(path)
     except FileNotFoundError:
         raise _UserError(f"input file {path} does not exist") from None
+    return list(zip(ids, seqs))
 
 
 def _write_all(outputs):

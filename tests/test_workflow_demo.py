@@ -84,3 +84,14 @@ def test_intermediates_are_removed_unless_kept(tmp_path):
     assert (out / "merged").is_dir()
     rerun = snakemake(tmp_path, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout
+
+
+def test_a_sample_without_kept_frames_gets_header_only_results(tmp_path):
+    write_config(tmp_path, embedding={"sidecar": True, "device": "cpu"})
+    fasta = tmp_path / "ambiguous.fa"
+    fasta.write_text(">n1\n" + "N" * 700 + "\n>stops\n" + "TAA" * 200 + "\n")
+    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\nnothing\t{fasta}\n")
+    snakemake(tmp_path, "--cores", "2")
+    out = tmp_path / "results/nothing"
+    assert (out / "prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
+    assert (out / "prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"

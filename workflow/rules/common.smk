@@ -230,16 +230,14 @@ def sidecar_inputs(wildcards):
     return {"sidecar": f"{SIDECAR_DIR}/{slot_of(wildcards)}.started"}
 
 
-def ensure_command(wildcards):
-    """Each client first makes sure its sidecar lives: a rerun or a --retries attempt restarts a dead one.
-    Not under SLURM, where a client runs on a CPU node and its sidecar is a job on a GPU node.
+def ensure_args(wildcards):
+    """Each client first makes sure its sidecar lives: a rerun, or a retry after a sidecar died,
+    starts a fresh one. A sidecar started by hand (endpoint_file) is only used, never started;
+    nor is one under SLURM, where a client runs on a CPU node and its sidecar is a GPU job.
     """
     if EXTERNAL_ENDPOINT or on_slurm():
         return ""
-    slot = slot_of(wildcards)
-    return (
-        f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && "
-    )
+    return f"--ensure {serve_args(slot_of(wildcards))}"
 
 
 def sidecar_rule_inputs(wildcards):

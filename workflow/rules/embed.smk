@@ -41,12 +41,12 @@ if USE_SIDECAR:
         conda:
             "../envs/virnucflow.yaml"
         params:
-            ensure=ensure_command,
+            ensure=ensure_args,
             endpoint=lambda wc: endpoint_file(slot_of(wc)),
         shell:
-            "({params.ensure}sidecar embed --endpoint-file {params.endpoint} "
+            "sidecar embed --endpoint-file {params.endpoint} {params.ensure} "
             "--nucleotide {input.nucleotide} --protein {input.protein} "
-            "--dnabert-out {output.dnabert} --esm-out {output.esm}) > {log} 2>&1"
+            "--dnabert-out {output.dnabert} --esm-out {output.esm} > {log} 2>&1"
 
 else:
 
