@@ -51,3 +51,106 @@ def build_report(workdir, name="report.html", config=None):
     """`snakemake --report <name>` after a run (it reads the run's metadata); returns the report's path."""
     snakemake(workdir, "--report", name, config=config)
     return Path(workdir) / name
+
+
+# --- SLURM (tests/test_slurm.py): the single-node cluster that .ci/slurm/setup.sh starts ---------------
+
+SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+LOCAL_PROFILE = REPO / "workflow" / "profiles" / "local"
+
+
+def slurm_problem():
+    """None when a SLURM cluster answers here with an idle or busy node, else why not."""
+    import shutil
+
+    if shutil.which("sinfo") is None:
+        return "SLURM is not installed here (no sinfo); .ci/slurm/setup.sh installs and starts one"
+    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    states = proc.stdout.split()
+    if proc.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states):
+        return f"SLURM does not answer with a usable node (sinfo: {(proc.stdout + proc.stderr).strip()!r}); run .ci/slurm/setup.sh"
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        return "snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')"
+    return None
+
+
+def slurm_profile(dest, **changes):
+    """The repository's SLURM profile, copied to `dest` with the changes that this tiny cluster needs.
+
+    Each change is `key=value` at the top level, or `set_resources={rule: {resource: value}}`, merged."""
+    profile = yaml.safe_load(SLURM_PROFILE.read_text())
+    for rule, values in changes.pop("set_resources", {}).items():
+        profile.setdefault("set-resources", {}).setdefault(rule, {}).update(values)
+    for key, value in changes.pop("default_resources", {}).items():
+        profile.setdefault("default-resources", {})[key] = value
+    profile.update({k.replace("_", "-"): v for k, v in changes.items()})
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile))
+    return dest
+
+
+def slurm_jobids(snakemake_output):
+    """SLURM job ids of the jobs that the executor plugin submitted, from Snakemake's output."""
+    import re
+
+    return re.findall(r"has been submitted with SLURM jobid (\d+)", snakemake_output)
+
+
+def slurm_config(key):
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == key:
+            return value.strip()
+    return None
+
+
+def jobcomp_records():
+    """slurmctld's job completion log (JobCompType=jobcomp/filetxt) as {job id: fields}, the last record
+    of each id."""
+    path = slurm_config("JobCompLoc")
+    records = {}
+    if not path or not Path(path).is_file():
+        return records
+    for line in Path(path).read_text().splitlines():
+        fields = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        if "JobId" in fields:
+            records[fields["JobId"]] = fields
+    return records
+
+
+def job_state(jobid):
+    """The job's state from squeue (finished jobs stay listed for MinJobAge), or None."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", str(jobid), "-o", "%T"],
+                         capture_output=True, text=True, timeout=30).stdout.strip()
+    return out or None
+
+
+def orf_workload(workdir, n_frames, seed=11, **overrides):
+    """A config whose one sample keeps exactly `n_frames` frames: with records_per_file=1, that many parts."""
+    import itertools
+    import random
+
+    from virnucflow.translation import kept_frames
+
+    rng = random.Random(seed)
+    sense = ["".join(c) for c in itertools.product("ACGT", repeat=3) if "".join(c) not in ("TAA", "TAG", "TGA")]
+    records, total = [], 0
+    while total < n_frames:
+        seq = "".join(rng.choice(sense) for _ in range(100))
+        frames = len(kept_frames(f"orf{len(records)}_chunk_1", seq))
+        if total + frames > n_frames:
+            continue
+        records.append((f"orf{len(records)}", seq))
+        total += frames
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    fasta = workdir / "orfs.fa"
+    fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
+    overrides.setdefault("records_per_file", 1)
+    config = write_config(workdir, chunk_size=300, **overrides)
+    (workdir / "samples.tsv").write_text(f"sample\tfasta\norfs\t{fasta}\n")
+    return config

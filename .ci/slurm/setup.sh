@@ -31,6 +31,7 @@ fi
 "$(dirname "$0")/teardown.sh" --quiet || true
 
 mkdir -p "$STATE"/{ctld,slurmd,log} /etc/slurm
+rm -f "$STATE"/log/jobcomp.log # the state is cleared below, so job ids start again at 1
 rm -rf "$STATE"/ctld/* "$STATE"/slurmd/*
 
 # The node as slurmd sees it: real CPUs and memory, so that SLURM's own accounting is honest.
