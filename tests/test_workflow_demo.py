@@ -89,7 +89,7 @@ def test_intermediates_are_removed_unless_kept(tmp_path):
 def test_a_sample_without_kept_frames_gets_header_only_results(tmp_path):
     write_config(tmp_path, embedding={"sidecar": True, "device": "cpu"})
     fasta = tmp_path / "ambiguous.fa"
-    fasta.write_text(">n1\n" + "N" * 700 + "\n>stops\n" + "TAA" * 200 + "\n")
+    fasta.write_text(">n1\n" + "N" * 700 + "\n>too_short\nAC\n")
     (tmp_path / "samples.tsv").write_text(f"sample\tfasta\nnothing\t{fasta}\n")
     snakemake(tmp_path, "--cores", "2")
     out = tmp_path / "results/nothing"
