@@ -258,3 +258,21 @@ def test_files_put_in_place_by_hand_are_recorded_not_fetched(server, tmp_path):
     assert summary.reused == [fetch.ESM2_PATH] and server.requests == []
     entry = json.loads((tmp_path / "manifest.json").read_text())["files"][fetch.ESM2_PATH]
     assert entry["sha256"] == hashlib.sha256(ESM).hexdigest() and entry["verified_by"] == "recorded when found in place"
+
+
+def test_another_pinned_revision_replaces_the_dnabert_files(server, tmp_path):
+    dest = tmp_path / "models"
+    assert cli(server, dest, only=("dnabert_s",)).returncode == 0
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = "/hf/zhihan1996/DNABERT-S/resolve"
+    for name, data in DNABERT.items():
+        server.files[f"{repo}/{other}/{name}"] = data.replace(b"{}", b'{"v": 2}')
+    server.redirects[f"{repo}/{other}/pytorch_model.bin"] = f"{server.url}/cdn/pytorch_model.bin"
+    server.headers[f"{repo}/{other}/pytorch_model.bin"] = {"X-Repo-Commit": other}
+    (dest / "dnabert_s/tokenizer.json.part").write_bytes(b"stale bytes of the old revision")
+    proc = cli(server, dest, "--dnabert-revision", other, only=("dnabert_s",))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((dest / "manifest.json").read_text())["dnabert_s"]["revision"] == other
+    for name, data in DNABERT.items():
+        assert (dest / "dnabert_s" / name).read_bytes() == data.replace(b"{}", b'{"v": 2}'), name
+    assert leftovers(dest) == []

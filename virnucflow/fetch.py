@@ -232,6 +232,7 @@ class Fetcher:
                 response, trail = self._open(url, have)
             except urllib.error.HTTPError as exc:
                 start, total = _content_range(exc.headers or email.message.Message())
+                exc.close()
                 if exc.code == 416 and have and total == have:
                     return [exc.headers]  # the .part already holds the whole file
                 if exc.code == 416:
@@ -385,6 +386,8 @@ class Fetcher:
             for path in [p for p in self.manifest["files"] if p.startswith(f"{DNABERT_DIR}/")]:
                 (self.dest / path).unlink(missing_ok=True)
                 del self.manifest["files"][path]
+            for part in (self.dest / DNABERT_DIR).glob("*.part"):  # bytes of the other revision
+                part.unlink()
             self.manifest["dnabert_s"] = {}
             self._write_manifest()
         for item in items:
