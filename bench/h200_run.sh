@@ -10,7 +10,7 @@ timeout 330 python bench/throughput.py reference --models-dir /tmp/m --device cu
   > "$OUT/reference.log" 2>&1 &
 REF=$!
 timeout 340 python bench/throughput.py speed --models-dir /tmp/m --device cuda:0 --ref /tmp/ref.npz \
-  --wait-ref 300 --out "$OUT/throughput.json" 2>&1 | tee "$OUT/speed.log"
+  --wait-ref 300 ${SPEED_ARGS:-} --out "$OUT/throughput.json" 2>&1 | tee "$OUT/speed.log"
 wait $REF
-timeout ${SIDECAR_LIMIT:-200} python bench/sidecar_gpu.py --models-dir /tmp/m --gpus 0,1 \
+timeout ${SIDECAR_LIMIT:-200} python bench/sidecar_gpu.py --models-dir /tmp/m --gpus 0,1 ${SIDECAR_ARGS:-} \
   --out "$OUT/sidecar_gpu.json" 2>&1 | tee "$OUT/sidecar_gpu.log"

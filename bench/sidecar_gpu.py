@@ -140,6 +140,9 @@ def main():
     ap.add_argument("--out")
     args = ap.parse_args()
 
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: stopping early, writing what was measured"))
     gpus = [int(g) for g in args.gpus.split(",")]
     work = Path(tempfile.mkdtemp(prefix="sidecar-gpu-"))
     esm = Path(args.models_dir) / f"esm2_t{ESM_SIZES[args.size]['num_layers']}_{args.size}_random.pt"

@@ -69,10 +69,9 @@ def model_paths(models_dir, size):
     return d / f"esm2_t{ESM_SIZES[size]['num_layers']}_{size}_random.pt", d / f"dnabert_s_{size}_random"
 
 
-def workloads(n, agree_n):
-    """{'500bp': frames, '300bp': frames}: n frames each (at least agree_n/2 each)."""
-    m = max(n, agree_n // 2)
-    return {"500bp": many_frames(m, 500, seed=0, workers=8), "300bp": many_frames(m, 300, seed=1, workers=8)}
+def workloads(n):
+    """{'500bp': frames, '300bp': frames}: n frames each, for the timings."""
+    return {"500bp": many_frames(n, 500, seed=0, workers=8), "300bp": many_frames(n, 300, seed=1, workers=8)}
 
 
 # ---- FLOPs ------------------------------------------------------------------------------------------------
@@ -163,10 +162,11 @@ def esm_original(exact, proteins):
 
 # ---- phases -----------------------------------------------------------------------------------------------
 
-def agreement_set(work, agree_n):
+def agreement_set(agree_n):
+    """The agreement frames, the same in both phases: agree_n/2 from 500 bp reads, then agree_n/2 from 300 bp."""
     half = agree_n // 2
-    return {"dna": [f[1] for w in work.values() for f in w[:half]],
-            "protein": [f[2] for w in work.values() for f in w[:half]]}
+    rows = many_frames(half, 500, seed=100, workers=8) + many_frames(half, 300, seed=101, workers=8)
+    return {"dna": [f[1] for f in rows], "protein": [f[2] for f in rows]}
 
 
 def phase_reference(args):
@@ -174,8 +174,7 @@ def phase_reference(args):
     torch.backends.cudnn.allow_tf32 = False
     device = args.device
     esm_path, dna_dir = model_paths(args.models_dir, args.size)
-    work = workloads(0, args.agree_frames)
-    agree = agreement_set(work, args.agree_frames)
+    agree = agreement_set(args.agree_frames)
     out = {}
     dna = load_dnabert_s(str(dna_dir), device=device)
     sub = args.check_exact
@@ -204,8 +203,8 @@ def phase_speed(args):
                   gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu")
     RESULT["ceiling_tflops"] = ceil = ceiling(device, args.size)
     peak = ceil["fp16"]
-    work = workloads(args.frames, args.agree_frames)
-    agree = agreement_set(work, args.agree_frames)
+    work = workloads(args.frames)
+    agree = agreement_set(args.agree_frames)
     fast_agree = {}
     RESULT["dnabert_s"], RESULT["esm2"] = {}, {}
 
@@ -219,7 +218,7 @@ def phase_speed(args):
         lengths = [dna.count_tokens(s) for s in seqs]
         return lengths, dnabert_flops(lengths, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size)
 
-    for wname, rows in work.items():
+    for wname, rows in (work.items() if args.original_frames else ()):
         seqs = [f[1] for f in rows[:args.original_frames]]
         lengths, fl = dflops(seqs)
         dna.embed(seqs[:5])
@@ -228,7 +227,8 @@ def phase_speed(args):
         RESULT["dnabert_s"][f"original_{wname}"] = RESULT["dnabert_s"][f"exact_{wname}"] = r
         log(f"DNABERT-S original/exact {wname}: {r['seq_per_s']:.0f} seq/s {r['tokens_per_s']:.0f} tok/s")
         save(args.out)
-    fast = FastDnabertS(dna, dtype=torch.float16, max_batch_tokens=args.budget)
+    fast, dt = timed(lambda: FastDnabertS(dna, dtype=torch.float16, max_batch_tokens=args.dna_budget), device)
+    RESULT["dnabert_s"].update(fast_init_s=dt, compiled=fast.compiled, budget=args.dna_budget)
     fast_agree["dna"] = fast.embed(agree["dna"])  # also the warm-up
     for wname, rows in work.items():
         seqs = [f[1] for f in rows[:args.frames]]
@@ -245,7 +245,7 @@ def phase_speed(args):
     _, tok_s = timed(lambda: fast.tokenizer.encode_batch(seqs), "cpu")
     RESULT["dnabert_s"]["tokenize_s_per_1000"] = tok_s / len(seqs) * 1000
     batch = sorted(tokens_once, key=len, reverse=True)
-    batch = batch[:max(1, args.budget // max(len(batch[0]), 1))]
+    batch = batch[:max(1, args.dna_budget // max(len(batch[0]), 1))]
     RESULT["dnabert_s"]["profile"] = profile(lambda: fast._embed_sorted(batch), device)
     save(args.out)
     del dna, fast
@@ -262,7 +262,7 @@ def phase_speed(args):
         lengths = [len(p) + 2 for p in proteins]
         return lengths, esm_flops(lengths, layers, dim)
 
-    for wname, rows in work.items():
+    for wname, rows in (work.items() if args.original_frames else ()):
         proteins = [f[2] for f in rows[:args.original_frames]]
         lengths, fl = eflops(proteins)
         esm_original(esm, proteins[:8])
@@ -277,8 +277,8 @@ def phase_speed(args):
         RESULT["esm2"][f"exact_{wname}"] = r
         log(f"ESM-2 exact {wname}: {r['seq_per_s']:.1f} seq/s {r['tokens_per_s']:.0f} tok/s {r['tflops']:.0f} TFLOP/s")
         save(args.out)
-    fast = FastEsm2(esm, dtype=torch.float16, max_batch_tokens=args.budget)
-    RESULT["esm2"]["attention"] = fast.attention
+    fast, dt = timed(lambda: FastEsm2(esm, dtype=torch.float16, max_batch_tokens=args.budget), device)
+    RESULT["esm2"].update(attention=fast.attention, fast_init_s=dt, compiled=fast.compiled, budget=args.budget)
     fast_agree["esm"] = fast.embed(agree["protein"])  # also the warm-up
     for wname, rows in work.items():
         proteins = [f[2] for f in rows[:args.frames]]
@@ -358,10 +358,11 @@ def main():
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--frames", type=int, default=10000, help="frames per workload for the fast timings")
     ap.add_argument("--agree-frames", type=int, default=10000, help="frames compared fast vs exact (half each)")
-    ap.add_argument("--original-frames", type=int, default=192)
+    ap.add_argument("--original-frames", type=int, default=192, help="0 skips the original/exact timings")
     ap.add_argument("--exact-frames", type=int, default=96)
     ap.add_argument("--check-exact", type=int, default=64, help="reference: frames also run per-sequence exact")
-    ap.add_argument("--budget", type=int, default=65536, help="fast-mode tokens per batch")
+    ap.add_argument("--budget", type=int, default=65536, help="fast-mode ESM-2 tokens per batch")
+    ap.add_argument("--dna-budget", type=int, default=262144, help="fast-mode DNABERT-S tokens per batch")
     ap.add_argument("--sweep", type=int, nargs="*", default=[16384, 131072])
     ap.add_argument("--sweep-frames", type=int, default=2000)
     ap.add_argument("--dna-reps", type=int, default=3)

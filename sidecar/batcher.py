@@ -69,10 +69,12 @@ class Batch:
 
 
 class Batcher:
-    def __init__(self, max_batch_tokens=4096, max_queued_tokens=1_000_000, max_queued_requests=1024):
+    def __init__(self, max_batch_tokens=4096, max_queued_tokens=1_000_000, max_queued_requests=1024,
+                 model_batch_tokens=None):
         if max_batch_tokens < 1 or max_queued_tokens < 1 or max_queued_requests < 1:
             raise ValueError("batcher limits must be positive")
         self.max_batch_tokens = max_batch_tokens
+        self.model_batch_tokens = dict(model_batch_tokens or {})  # per-model override of the budget
         self.max_queued_tokens = max_queued_tokens
         self.max_queued_requests = max_queued_requests
         self._pending = collections.deque()  # jobs with rows not yet scheduled, in arrival order
@@ -136,6 +138,7 @@ class Batcher:
             if not self._pending:
                 return None
             model = self._pending[0].model
+            budget = self.model_batch_tokens.get(model, self.max_batch_tokens)
             batch = Batch(model)
             now = time.monotonic()
             full = False
@@ -144,7 +147,7 @@ class Batcher:
                     continue
                 while job.cursor < len(job.seqs):
                     cost = job.tokens[job.cursor]
-                    if batch.parts and batch.tokens + cost > self.max_batch_tokens:
+                    if batch.parts and batch.tokens + cost > budget:
                         full = True
                         break
                     batch.parts.append((job, job.cursor))

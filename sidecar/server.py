@@ -84,7 +84,10 @@ class Server:
             config.mode = default_mode(config.device)
         self.started = time.time()
         self.stats = {name: ModelStats() for name in config.models}
-        self.batcher = Batcher(config.max_batch_tokens, config.max_queued_tokens, config.max_queued_requests)
+        # fast mode: DNABERT-S batches get 4x the budget (a 768-wide model needs more tokens per launch)
+        per_model = {"dnabert_s": 4 * config.max_batch_tokens} if config.mode == "fast" else {}
+        self.batcher = Batcher(config.max_batch_tokens, config.max_queued_tokens, config.max_queued_requests,
+                               model_batch_tokens=per_model)
         self.stop_reason = None
         self.urgent = False
         self.last_activity = time.monotonic()
@@ -186,7 +189,7 @@ class Server:
                 backend = backends.make_backend(
                     name, source, device=self.device, revision=revision, mode=self.cfg.mode,
                     cache_bytes=int(self.cfg.dedup_cache_mb * 2**20), cache_entries=self.cfg.dedup_cache_entries,
-                    max_batch_tokens=self.cfg.max_batch_tokens)
+                    max_batch_tokens=self.batcher.model_batch_tokens.get(name, self.cfg.max_batch_tokens))
                 backend.load()
                 log.info("loaded %s from %s: %s, dim %d, %s mode, %.2f s", name, source, backend.name, backend.dim,
                          self.cfg.mode, backend.load_seconds)
