@@ -183,6 +183,10 @@ def phase_reference(args):
     out["dna_ref"], dt = timed(lambda: fast32.embed(agree["dna"]), device)
     log(f"reference DNABERT-S packed fp32: {len(agree['dna'])} seqs in {dt:.1f} s")
     del dna, fast32
+    if args.only_dna:
+        np.savez(args.ref + ".tmp.npz", **out)
+        os.replace(args.ref + ".tmp.npz", args.ref)
+        return
     esm = load_esm2(str(esm_path), device=device)
     out["esm_exact_subset"], dt = timed(lambda: esm.embed(agree["protein"][:sub]), device)
     log(f"reference ESM-2 exact per-sequence fp32: {sub} seqs in {dt:.1f} s")
@@ -251,6 +255,9 @@ def phase_speed(args):
     del dna, fast
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+    if args.only_dna:
+        return dna_agreement(args, agree, fast_agree)
 
     # ---- ESM-2 ----
     t0 = time.perf_counter()
@@ -350,6 +357,21 @@ def phase_speed(args):
     save(args.out)
 
 
+def dna_agreement(args, agree, fast_agree):
+    deadline = time.monotonic() + args.wait_ref
+    while args.ref and not Path(args.ref).exists() and time.monotonic() < deadline:
+        time.sleep(2)
+    if args.ref and Path(args.ref).exists():
+        ref = np.load(args.ref)
+        sub = len(ref["dna_exact_subset"])
+        RESULT["agreement"] = {"frames": len(agree["dna"]), "dnabert_s": {
+            "reference_packed_fp32_vs_exact": embedding_summary(ref["dna_exact_subset"], ref["dna_ref"][:sub]),
+            "fast_vs_exact_subset": embedding_summary(ref["dna_exact_subset"], fast_agree["dna"][:sub]),
+            "fast_vs_reference": embedding_summary(ref["dna_ref"], fast_agree["dna"])}}
+        log("agreement:", json.dumps(RESULT["agreement"], indent=1))
+    save(args.out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=("speed", "reference"))
@@ -369,6 +391,7 @@ def main():
     ap.add_argument("--ref", help="reference embeddings (.npz) written by `reference`, read by `speed`")
     ap.add_argument("--wait-ref", type=float, default=300.0)
     ap.add_argument("--out", help="JSON results (rewritten after every step)")
+    ap.add_argument("--only-dna", action="store_true", help="DNABERT-S only (timings and agreement)")
     args = ap.parse_args()
     (phase_speed if args.phase == "speed" else phase_reference)(args)
 

@@ -30,6 +30,7 @@ log = logging.getLogger("sidecar")
 
 TICK = 0.5  # seconds between housekeeping checks (orphan, idle, throughput log)
 SOCKET_PREFIX = "virnucflow-sidecar-"
+SWITCH_INTERVAL = 0.0005  # seconds; see run()
 FAILED_LINGER = 10.0  # seconds a server whose models failed to load keeps explaining why before exiting
 
 
@@ -405,7 +406,7 @@ class Server:
             return
         backend = self.backends[model]
         try:
-            tokens = [backend.count_tokens(seq) for seq in seqs]
+            tokens = backend.count_tokens_many(seqs)
         except Exception as exc:
             self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"cannot tokenize: {exc}"))
             return
@@ -530,6 +531,9 @@ def run(config):
     from .backends import prepare_torch_environment
 
     prepare_torch_environment()
+    # The compute thread issues many short GPU launches, each needing the GIL; with the default 5 ms switch
+    # interval a busy socket thread (decoding, tokenizing) makes it wait up to 5 ms per hand-over.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     code = Server(config).serve()
     logging.shutdown()
     sys.stdout.flush()

@@ -120,6 +120,13 @@ class Backend:
     def count_tokens(self, seq):
         return int(self.model.count_tokens(seq))
 
+    def count_tokens_many(self, seqs):
+        """Token counts of a request's sequences; one batched call where the model has one (no GIL held)."""
+        many = getattr(self.model, "count_tokens_many", None)
+        if many is not None:
+            return [int(n) for n in many(seqs)]
+        return [self.count_tokens(s) for s in seqs]
+
     def embed_batch(self, seqs):
         """[len(seqs), dim] float32; on CUDA out-of-memory, retry in halves down to one sequence."""
         try:
