@@ -73,8 +73,11 @@ def main():
     endpoint = work / "sidecar.json"
     started = time.perf_counter()
     server = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--endpoint-file", str(endpoint),
-                               "--log", str(work / "sidecar.log"), *model_args])
+                               "--log", str(work / "sidecar.log"), "--mode", "exact", *model_args])
     try:
+        deadline = time.monotonic() + 60  # the server writes its endpoint file at bind time, just after start
+        while not endpoint.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         client_times, overheads = [], []
         for k, (fa, faa) in enumerate(parts, start=1):
             before = server_compute(status(endpoint)) if k > 1 else 0.0
