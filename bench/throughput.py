@@ -276,7 +276,8 @@ def phase_speed(args):
         _, dt = timed(lambda: esm_original(esm, proteins), device)
         r = rate(len(proteins), sum(lengths), fl, dt, peak)
         RESULT["esm2"][f"original_{wname}"] = r
-        log(f"ESM-2 original {wname}: {r['seq_per_s']:.1f} seq/s {r['tokens_per_s']:.0f} tok/s {r['tflops']:.0f} TFLOP/s")
+        log(f"ESM-2 original {wname}: {r['seq_per_s']:.1f} seq/s {r['tokens_per_s']:.0f} tok/s "
+            f"{r['tflops']:.0f} TFLOP/s")
         proteins = proteins[:args.exact_frames]
         lengths, fl = eflops(proteins)
         _, dt = timed(lambda: esm.embed(proteins), device)

@@ -63,13 +63,6 @@ def bucket_attention(q, k, v, packing: Packing, bias_for_length=None, scale=None
     return out
 
 
-def segment_mean(x: torch.Tensor, seq_ids: torch.Tensor, n: int, counts: torch.Tensor) -> torch.Tensor:
-    """fp32 [n, H] mean of the rows of x [T, H] per sequence id (accumulated in fp32)."""
-    sums = torch.zeros((n, x.shape[1]), dtype=torch.float32, device=x.device)
-    sums.index_add_(0, seq_ids, x.float())
-    return sums / counts.to(torch.float32)[:, None]
-
-
 def pinned(tensor: torch.Tensor, device) -> torch.Tensor:
     """A CPU tensor on its way to `device`: pinned and copied without blocking when that is CUDA."""
     if torch.device(device).type == "cuda":
