@@ -215,6 +215,7 @@ def serve_args(slot):
         f"--dnabert-s {MODELS['dnabert_s']}",
         f"--dnabert-revision {revision}" if revision else "",
         f"--device {sidecar_device(slot)}",
+        f"--mode {EMBED['mode']}" if EMBED.get("mode", "auto") != "auto" else "",
         # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
         # it is gone, however the run ends (kill -9 included). Not a param, so it triggers no rerun.
         "--watch-pid $PPID",
