@@ -169,7 +169,8 @@ def test_the_sidecar_was_one_slurm_job_holding_the_gpu_and_served_every_part(slu
     assert jobid, (workdir / "logs/sidecar/cpu.start.log").read_text()
     record = jobcomp_records()[jobid]
     assert record["Name"] == "virnucflow-sidecar-cpu" and record["JobState"] == "COMPLETED", record
-    assert "gres/gpu=1" in record.get("Tres", ""), record  # the profile's GPU request, scheduled
+    # the profile's GPU request was scheduled: SLURM gave the job the node's (stand-in) GPU
+    assert f"SLURM job {jobid} on {os.uname().nodename}, GPUs 0," in (workdir / "logs/sidecar/cpu.slurm.log").read_text()
     # seen while it ran: the sidecar process lived in that SLURM job, which SLURM listed as running,
     # and SLURM had given it the (stand-in) GPU
     assert seen.get("environ", {}).get("SLURM_JOB_ID") == jobid, seen

@@ -61,7 +61,6 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE/log/jobcomp.log
 SchedulerType=sched/backfill
@@ -91,7 +90,11 @@ chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
 mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge
 chmod 0755 /run/munge
-runuser -u munge -- /usr/sbin/munged
+# a socket left by a munged that was killed (not stopped) would keep a new one from starting
+if [ "$(cat "/proc/$(cat /run/munge/munged.pid 2>/dev/null || echo 0)/comm" 2>/dev/null)" != munged ]; then
+    rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
+    runuser -u munge -- /usr/sbin/munged
+fi
 munge -n | unmunge >/dev/null
 
 slurmctld -c
@@ -99,14 +102,21 @@ slurmd -N localhost
 
 say "waiting for the node"
 for _ in $(seq 1 120); do
-    state=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
+    for daemon in slurmctld slurmd; do
+        if ! kill -0 "$(cat "$STATE/$daemon.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+            echo "slurm setup: $daemon is not running:" >&2
+            tail -5 "$STATE/log/$daemon.log" >&2 || true
+            exit 1
+        fi
+    done
+    state=$(timeout 10 sinfo -h -n localhost -o %T 2>/dev/null || true)
     case "$state" in
         idle) break ;;
         down* | drain* | fail*) scontrol update nodename=localhost state=resume 2>/dev/null || true ;;
     esac
     sleep 0.5
 done
-if [ "$(sinfo -h -n localhost -o %T 2>/dev/null)" != idle ]; then
+if [ "$(timeout 10 sinfo -h -n localhost -o %T 2>/dev/null)" != idle ]; then
     echo "slurm setup: the node did not become idle:" >&2
     sinfo -N -l >&2 || true
     tail -20 "$STATE"/log/slurmctld.log "$STATE"/log/slurmd.log >&2 || true

@@ -10,7 +10,8 @@ stop_pidfile() { # stop_pidfile NAME FILE
     local pid
     [ -s "$2" ] || return 0
     pid=$(cat "$2")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    # only if that pid is still the daemon: after a reboot or a killed session it may be anyone's
+    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]; then
         kill -TERM "$pid" 2>/dev/null
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null

@@ -56,7 +56,7 @@ def batch_script(ns, endpoint, secret):
         "# It exits when its endpoint file is removed (Snakemake removes it after the last per-file",
         "# job), on SIGTERM (scancel, time limit), or after its idle timeout.",
         device,
-        'echo "sidecar: SLURM job ${SLURM_JOB_ID} on $(hostname), device ${device}"',
+        'echo "sidecar: SLURM job ${SLURM_JOB_ID} on $(hostname), GPUs ${SLURM_JOB_GPUS:-none}, device ${device}"',
         f"exec {shlex.join(serve)} --device \"$device\"",
         "",
     ])
