@@ -1,10 +1,8 @@
 """The sidecar's lifecycle under real Snakemake runs (issue 3): one model load per run, failures that cost
 one file, no sidecar outliving a killed run, recovery with --retries, and a hand-started sidecar shared by runs."""
 
-import itertools
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,22 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from workflow_runs import REPO, snakemake, write_config
-from virnucflow.translation import kept_frames
+from workflow_runs import REPO, orf_workload as many_parts_config, pid_alive, snakemake, wait_for
 
 pytestmark = pytest.mark.slow
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv")
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def sidecar_pids():
@@ -37,45 +23,12 @@ def sidecar_pids():
     return {int(line.split(None, 1)[0]) for line in out.splitlines() if "sidecar serve" in line}
 
 
-def wait_for(predicate, timeout, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def status(endpoint_file):
     proc = subprocess.run(
         [sys.executable, "-m", "sidecar", "status", "--endpoint-file", str(endpoint_file)],
         capture_output=True, text=True, timeout=60,
     )
     return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
-def orf_records(n_frames, seed=11):
-    """300 bp open reading frames until the chunks keep `n_frames` frames in all."""
-    rng = random.Random(seed)
-    sense = ["".join(c) for c in itertools.product("ACGT", repeat=3) if "".join(c) not in ("TAA", "TAG", "TGA")]
-    records, total = [], 0
-    while total < n_frames:
-        seq = "".join(rng.choice(sense) for _ in range(100))
-        frames = len(kept_frames(f"orf{len(records)}_chunk_1", seq))
-        if total + frames > n_frames:
-            continue
-        records.append((f"orf{len(records)}", seq))
-        total += frames
-    return records
-
-
-def many_parts_config(workdir, n_parts, **overrides):
-    workdir.mkdir(parents=True, exist_ok=True)
-    fasta = workdir / "orfs.fa"
-    fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in orf_records(n_parts)))
-    config = write_config(workdir, chunk_size=300, records_per_file=1, **overrides)
-    (workdir / "samples.tsv").write_text(f"sample\tfasta\norfs\t{fasta}\n")
-    return config
 
 
 def start_snakemake(workdir, *args):

@@ -20,7 +20,7 @@ import pytest
 
 from workflow_runs import (
     LOCAL_PROFILE, REPO, job_state, jobcomp_records, orf_workload, slurm_jobids, slurm_problem,
-    slurm_profile, snakemake, write_config,
+    slurm_profile, snakemake, wait_for, write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -65,15 +65,6 @@ def cwd_of(pid):
         return Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return None
-
-
-def wait_for(predicate, timeout, step=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def start_snakemake(workdir, *args):

@@ -1,25 +1,15 @@
 """The demo end to end through the real `snakemake` command: in-process and sidecar paths give identical files."""
 
-import json
-import os
 
 import numpy as np
 import pytest
 
-from workflow_runs import snakemake, write_config
+from workflow_runs import pid_alive, snakemake, wait_for, write_config
 from virnucflow.embedding_files import load_embeddings
 
 pytestmark = pytest.mark.slow
 
 RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv")
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +57,7 @@ def test_the_sidecar_is_gone_after_the_run(both_runs):
     workdir, _ = both_runs["sidecar"]
     log = (workdir / "logs/sidecar/cpu.server.log").read_text()
     pid = int(log.split("sidecar[", 1)[1].split("]", 1)[0])
-    import time
-
-    deadline = time.monotonic() + 15
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not pid_alive(pid)
+    assert wait_for(lambda: not pid_alive(pid), 15)
     assert not (workdir / ".virnucflow/sidecar/cpu.json").exists()
 
 

@@ -154,3 +154,27 @@ def orf_workload(workdir, n_frames, seed=11, **overrides):
     config = write_config(workdir, chunk_size=300, **overrides)
     (workdir / "samples.tsv").write_text(f"sample\tfasta\norfs\t{fasta}\n")
     return config
+
+
+def pid_alive(pid):
+    """Whether a local process lives; a zombie counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(predicate, timeout, step=0.2):
+    """Poll `predicate` until it holds or `timeout` seconds pass; return its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
