@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucflow.models.esm2 import TRUNCATION_SEQ_LENGTH
-from virnucflow.models.packed import Packing, bucket_attention, pinned, to_host, varlen_attention_fn
+from virnucflow.models.packed import Packing, bucket_attention, embed_in_budgets, pinned, varlen_attention_fn
 
 MASK_RATIO_TRAIN = 0.15 * 0.8
 
@@ -194,18 +194,7 @@ class FastEsm2:
             if not protein:
                 raise ValueError("cannot embed an empty protein")
         tokens = [self.token_ids(p) for p in proteins]
-        order = sorted(range(len(proteins)), key=lambda i: -len(tokens[i]))
-        out = np.empty((len(proteins), self.dim), dtype=np.float32)
-        pending = []
-        with torch.inference_mode():
-            for rows in _budget_slices(order, [len(t) for t in tokens], self.max_batch_tokens):
-                pending.append((rows, self._embed_sorted([tokens[i] for i in rows])))
-            # one synchronisation at the end: the host queued every batch while the GPU ran
-            if pending:
-                vectors = to_host(torch.cat([v for _, v in pending]))
-                all_rows = [i for rows, _ in pending for i in rows]
-                out[all_rows] = vectors
-        return out
+        return embed_in_budgets(tokens, self._embed_sorted, self.max_batch_tokens, self.dim)
 
 
 def _tables(positions, inv_freq):
@@ -225,17 +214,3 @@ def _rotary_qk(qkv, cos, sin, scaling):
     q = rotate(qkv[:, 0].float() * scaling)
     k = rotate(qkv[:, 1].float())
     return q.to(qkv.dtype), k.to(qkv.dtype)
-
-
-def _budget_slices(order, lengths, budget):
-    """Split `order` (indices, longest first) into consecutive groups of <= budget tokens (>= 1 each)."""
-    group, used = [], 0
-    for i in order:
-        if group and used + lengths[i] > budget:
-            yield group
-            group, used = [], 0
-        group.append(i)
-        used += lengths[i]
-    if group:
-        yield group
-

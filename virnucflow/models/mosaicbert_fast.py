@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from virnucflow.models.esm2_fast import _budget_slices
 from virnucflow.models.mosaicbert import alibi_bias
-from virnucflow.models.packed import Packing, bucket_attention, pinned, to_host
+from virnucflow.models.packed import Packing, bucket_attention, embed_in_budgets, pinned
 
 
 def _layer_norm(x, ln):
@@ -106,13 +105,4 @@ class FastDnabertS:
     def embed(self, seqs: list[str]) -> np.ndarray:
         """float32 [N, dim], in input order; sequences sorted by length and packed in token budgets."""
         tokens = [e.ids for e in self.tokenizer.encode_batch(list(seqs))]
-        order = sorted(range(len(seqs)), key=lambda i: -len(tokens[i]))
-        out = np.empty((len(seqs), self.dim), dtype=np.float32)
-        pending = []
-        with torch.inference_mode():
-            for rows in _budget_slices(order, [len(t) for t in tokens], self.max_batch_tokens):
-                pending.append((rows, self._embed_sorted([tokens[i] for i in rows])))
-            if pending:
-                vectors = to_host(torch.cat([v for _, v in pending]))
-                out[[i for rows, _ in pending for i in rows]] = vectors
-        return out
+        return embed_in_budgets(tokens, self._embed_sorted, self.max_batch_tokens, self.dim)

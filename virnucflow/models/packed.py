@@ -78,3 +78,33 @@ def to_host(tensor: torch.Tensor):
     host.copy_(tensor, non_blocking=True)
     torch.cuda.current_stream(tensor.device).synchronize()
     return host.numpy()
+
+
+def budget_slices(order, lengths, budget):
+    """Split `order` (indices, longest first) into consecutive groups of <= budget tokens (>= 1 each)."""
+    group, used = [], 0
+    for i in order:
+        if group and used + lengths[i] > budget:
+            yield group
+            group, used = [], 0
+        group.append(i)
+        used += lengths[i]
+    if group:
+        yield group
+
+
+def embed_in_budgets(tokens, embed_sorted, budget, dim):
+    """float32 [N, dim] in input order: sequences sorted longest first, embedded in groups of at most
+    `budget` tokens by `embed_sorted(list of token lists) -> [n, dim]`, with one host sync at the end."""
+    import numpy as np
+
+    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
+    out = np.empty((len(tokens), dim), dtype=np.float32)
+    pending = []
+    with torch.inference_mode():
+        for rows in budget_slices(order, [len(t) for t in tokens], budget):
+            pending.append((rows, embed_sorted([tokens[i] for i in rows])))
+        # the host queued every batch while the GPU ran; synchronise once
+        if pending:
+            out[[i for rows, _ in pending for i in rows]] = to_host(torch.cat([v for _, v in pending]))
+    return out
