@@ -17,6 +17,7 @@ each on fresh frames (so the deduplication cache cannot help), with all of a sce
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from workload import write_parts  # noqa: E402
 from sidecar.client import SidecarClient  # noqa: E402
 
 RESULT = {}
+SPY_DIR, SPY_SECONDS = None, 8
 
 
 def log(*args):
@@ -93,9 +95,23 @@ def run_clients(parts, endpoints, work, which):
     return start, time.monotonic()
 
 
-def scenario(name, parts, endpoints, gpus, work, which, sampler, tokens=None):
+def py_spy(pid, name, seconds):
+    """Sample the first sidecar's Python stacks (py-spy, if installed) while a scenario runs: collapsed stacks
+    with thread names and idle frames, for reading where the server's host time goes."""
+    if not SPY_DIR or not shutil.which("py-spy"):
+        return None
+    out = Path(SPY_DIR) / f"pyspy_{name}.txt"
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+                             "--format", "raw", "--threads", "--idle", "--nonblocking", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def scenario(name, parts, endpoints, gpus, work, which, sampler, tokens=None, spy_pid=None):
     before = [compute_s(e)[0] for e in endpoints]
+    spy = py_spy(spy_pid, name, SPY_SECONDS) if spy_pid else None
     start, end = run_clients(parts, endpoints, work, which)
+    if spy:
+        spy.wait()
     wall = end - start
     after = [compute_s(e) for e in endpoints]
     out = {"clients": len(parts), "sidecars": len(endpoints), "models": which, "wall_s": wall,
@@ -137,8 +153,12 @@ def main():
     ap.add_argument("--esm-per-file", type=int, default=1000)
     ap.add_argument("--dna-per-file", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--py-spy-dir", help="record the first sidecar with py-spy during the busy and DNABERT-S "
+                    "1-GPU scenarios (collapsed stacks written here)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    global SPY_DIR
+    SPY_DIR = args.py_spy_dir
 
     import signal
 
@@ -182,7 +202,7 @@ def main():
         warm = write_parts(work / "warm", len(endpoints), 300, 500, seed=10)
         run_clients(warm, endpoints, work, ("dna", "esm"))
         scenario("busy_4_clients_1gpu", sets["busy"], one, gpus[:1], work, ("dna", "esm"), sampler,
-                 count_tokens(sets["busy"], tokenizer))
+                 count_tokens(sets["busy"], tokenizer), spy_pid=servers[0].pid)
         if len(endpoints) > 1:
             esm_tokens = count_tokens(sets["esm"], tokenizer)
             dna_tokens = count_tokens(sets["dna"], tokenizer)
@@ -193,7 +213,7 @@ def main():
             RESULT["esm_scaling"] = (a["wall_s"] / esm_tokens["esm2"]) / (
                 b["wall_s"] / count_tokens(sets["esm_b"], tokenizer)["esm2"])
             c = scenario("dna_1gpu", sets["dna"], one, gpus[:1], work, ("dna",), sampler,
-                         {"dnabert_s": dna_tokens["dnabert_s"]})
+                         {"dnabert_s": dna_tokens["dnabert_s"]}, spy_pid=servers[0].pid)
             d = scenario("dna_2gpu", sets["dna_b"], endpoints, gpus, work, ("dna",), sampler,
                          {"dnabert_s": count_tokens(sets["dna_b"], tokenizer)["dnabert_s"]})
             RESULT["dna_scaling"] = (c["wall_s"] / dna_tokens["dnabert_s"]) / (

@@ -29,11 +29,12 @@ class Closed(Exception):
 class Job:
     """One embed request: sequences in, an [N, dim] float32 matrix out."""
 
-    def __init__(self, model, ids, seqs, tokens, dim, context=None):
+    def __init__(self, model, ids, seqs, tokens, dim, context=None, token_ids=None):
         self.model = model
         self.ids = ids
         self.seqs = seqs
         self.tokens = list(tokens)
+        self.token_ids = token_ids  # per-sequence token-id arrays, when the model tokenized at admission
         self.total_tokens = sum(self.tokens)
         self.result = np.empty((len(seqs), dim), dtype=np.float32)
         self.context = context  # opaque to the batcher: where the reply goes
@@ -63,6 +64,13 @@ class Batch:
     @property
     def seqs(self):
         return [job.seqs[row] for job, row in self.parts]
+
+    @property
+    def token_ids(self):
+        """Token-id arrays of the batch's rows, or None unless every job kept them."""
+        if any(job.token_ids is None for job, _ in self.parts):
+            return None
+        return [job.token_ids[row] for job, row in self.parts]
 
     def __len__(self):
         return len(self.parts)

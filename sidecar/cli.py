@@ -40,8 +40,8 @@ def _serve_options(parser):
                        "per sidecar lifetime (LRU; 0 disables; default 1024)")
     group.add_argument("--dedup-cache-entries", type=int, metavar="N",
                        help="per model, at most N cached embeddings (default: bounded by --dedup-cache-mb only)")
-    group.add_argument("--max-queued-tokens", type=int, default=1_000_000, metavar="N",
-                       help="outstanding tokens beyond which requests are answered BUSY (default 1000000)")
+    group.add_argument("--max-queued-tokens", type=int, default=4_000_000, metavar="N",
+                       help="outstanding tokens beyond which requests are answered BUSY (default 4000000)")
     group.add_argument("--max-queued-requests", type=int, default=1024, metavar="N",
                        help="outstanding requests beyond which requests are answered BUSY (default 1024)")
     group.add_argument("--memory-fraction", type=float, metavar="X", help="CUDA per-process memory fraction")

@@ -38,7 +38,7 @@ class SidecarClient:
     """
 
     def __init__(self, endpoint_file, ready_timeout=1800.0, heartbeat=2.0, silent_timeout=60.0,
-                 max_request_seqs=256, max_request_chars=262_144, window=4, secret_file=None, context=None):
+                 max_request_seqs=1024, max_request_chars=1_048_576, window=4, secret_file=None, context=None):
         self.endpoint_file = str(endpoint_file)
         self.ready_timeout = ready_timeout
         self.heartbeat = heartbeat

@@ -31,6 +31,8 @@ log = logging.getLogger("sidecar")
 TICK = 0.5  # seconds between housekeeping checks (orphan, idle, throughput log)
 SOCKET_PREFIX = "virnucflow-sidecar-"
 SWITCH_INTERVAL = 0.0005  # seconds; see run()
+PIPELINE_DEPTH = 2  # batches launched on the device before the compute thread waits for the oldest
+POLL = 0.001  # seconds the compute thread waits for new work while a launched batch runs
 FAILED_LINGER = 10.0  # seconds a server whose models failed to load keeps explaining why before exiting
 
 
@@ -49,7 +51,7 @@ class ServeConfig:
     watch_pid: int = None
     idle_timeout: float = 0.0
     max_batch_tokens: int = 4096
-    max_queued_tokens: int = 1_000_000
+    max_queued_tokens: int = 4_000_000
     max_queued_requests: int = 1024
     memory_fraction: float = None
     threads: int = None
@@ -208,25 +210,44 @@ class Server:
             self._wake()
             return
         last_release = time.monotonic()
+        inflight = collections.deque()  # (batch, backend, launched run) in launch order
+        settled = time.monotonic()  # when the compute thread last finished a batch or sat idle
         while not self._worker_stop.is_set():
-            batch = self.batcher.next_batch(timeout=TICK)
+            # Launch up to PIPELINE_DEPTH batches before waiting for the oldest, so that the GPU runs one
+            # batch while this thread prepares the next and scatters the last.
+            batch = self.batcher.next_batch(timeout=POLL if inflight else TICK)
             now = time.monotonic()
-            if batch is None:
+            if batch is not None:
+                if not inflight:
+                    settled = now
+                backend = self.backends[batch.model]
+                try:
+                    run = backend.launch_rows(batch.seqs, batch.token_ids)
+                except BaseException as exc:  # noqa: BLE001 - reported per row
+                    run = exc
+                inflight.append((batch, backend, run))
+                if len(inflight) < PIPELINE_DEPTH:
+                    continue
+            elif not inflight:
                 if now - last_release > self.cfg.empty_cache_interval:
                     backends.release_cache(self.device)
                     last_release = now
                 continue
-            backend = self.backends[batch.model]
-            t0 = time.monotonic()
+            elif not _ready(inflight[0][2]):
+                continue  # the device is still busy: keep looking for work to queue behind it
+            batch, backend, run = inflight.popleft()
             try:
-                matrix, errors = backend.embed_rows(batch.seqs)
-            except BaseException as exc:
+                if isinstance(run, BaseException):
+                    raise run
+                matrix, errors = backend.collect(run)
+            except BaseException as exc:  # noqa: BLE001
                 matrix, errors = None, {i: f"{exc.__class__.__name__}: {exc}" for i in range(len(batch))}
-            elapsed = time.monotonic() - t0
+            done = time.monotonic()
+            elapsed, settled = done - settled, done  # busy time since the last batch finished
             for job, row in batch.parts:
                 job.compute_s += elapsed * job.tokens[row] / max(batch.tokens, 1)
             finished = self.batcher.complete(batch, matrix, errors)
-            if now - last_release > self.cfg.empty_cache_interval:
+            if not inflight and done - last_release > self.cfg.empty_cache_interval:
                 backends.release_cache(self.device)
                 last_release = time.monotonic()
             if finished:
@@ -406,11 +427,11 @@ class Server:
             return
         backend = self.backends[model]
         try:
-            tokens = backend.count_tokens_many(seqs)
+            tokens, token_ids = backend.tokenize_many(seqs)
         except Exception as exc:
             self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"cannot tokenize: {exc}"))
             return
-        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, request_id))
+        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, request_id), token_ids=token_ids)
         self.last_activity = time.monotonic()
         try:
             self.batcher.submit(job)
@@ -505,6 +526,10 @@ class Server:
             self.context.term()
         log.info("stopped (%s); endpoint file %s", self.stop_reason or self.load_error or "exit",
                  "removed" if removed else "left to its new owner or already gone")
+
+
+def _ready(run):
+    return isinstance(run, BaseException) or run.ready()
 
 
 def _default_socket_base():

@@ -123,7 +123,7 @@ def test_failed_model_load_is_reported_to_waiting_clients(spawn, tmp_path):
 def test_a_killed_sidecar_gives_its_clients_a_clear_error_fast(spawn, models, tmp_path):
     sidecar = spawn(*model_args(models))
     sidecar.wait_ready()
-    proteins = pools(n=40)["esm2"] * 50  # ~ seconds of work: still running when the sidecar dies
+    proteins = pools(n=2000)["esm2"]  # distinct (no cache hits): seconds of work, still running when it dies
     (tmp_path / "big.faa").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(proteins)))
     (tmp_path / "big.fa").write_text(">d0\nACGTACGTAA\n")
     out = tmp_path / "out"

@@ -127,6 +127,14 @@ class Backend:
             return [int(n) for n in many(seqs)]
         return [self.count_tokens(s) for s in seqs]
 
+    def tokenize_many(self, seqs):
+        """(token counts, token-id arrays or None): fast models tokenize once, here, for `launch_rows`."""
+        tokenize = getattr(self.model, "tokenize", None)
+        if tokenize is None:
+            return self.count_tokens_many(seqs), None
+        arrays = tokenize(seqs)
+        return [len(a) for a in arrays], arrays
+
     def embed_batch(self, seqs):
         """[len(seqs), dim] float32; on CUDA out-of-memory, retry in halves down to one sequence."""
         try:
@@ -142,42 +150,73 @@ class Backend:
 
         return np.concatenate([self.embed_batch(seqs[:half]), self.embed_batch(seqs[half:])])
 
-    def embed_rows(self, seqs):
-        """Embed a batch, each distinct uncached sequence once; failures pinned to their own rows.
+    def embed_rows(self, seqs, tokens=None):
+        """Embed a batch now: `collect(launch_rows(...))`."""
+        return self.collect(self.launch_rows(seqs, tokens))
 
-        Returns (matrix, {row: one-line error}); failed rows of the matrix are undefined. Rows whose
-        sequence is in the cache (or repeats one earlier in the batch) cost no model work.
+    def launch_rows(self, seqs, tokens=None):
+        """Start embedding a batch, each distinct uncached sequence once; `collect` gives the result.
+
+        A fast model only queues its GPU work here and returns at once, so the caller can launch the next
+        batch before it waits for this one; other models compute here. `tokens`: the sequences' token-id
+        arrays from `tokenize_many`, if the caller kept them. Rows whose sequence is in the cache (or repeats
+        one earlier in the batch) cost no model work.
         """
-        if not self.cache.enabled:
-            return self._embed_rows_uncached(seqs)
         import numpy as np
 
         from ..cache import content_key
 
-        keys = [content_key(self.key, s) for s in seqs]
-        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
-        todo = {}  # key -> rows needing it
-        for row, key in enumerate(keys):
-            if key in todo:
-                self.cache.hits += 1  # a duplicate within the batch
-                todo[key].append(row)
-                continue
-            vector = self.cache.get(key)
-            if vector is None:
-                todo[key] = [row]
-            else:
-                out[row] = vector
-        errors = {}
-        if todo:
-            firsts = [rows[0] for rows in todo.values()]
-            matrix, sub_errors = self._embed_rows_uncached([seqs[r] for r in firsts])
-            for i, (key, rows) in enumerate(todo.items()):
-                if i in sub_errors:
-                    errors.update((r, sub_errors[i]) for r in rows)
+        run = _Launch(seqs, tokens)
+        if self.cache.enabled:
+            run.keys = [content_key(self.key, s) for s in seqs]
+            run.out = np.zeros((len(seqs), self.dim), dtype=np.float32)
+            run.todo = {}  # key -> rows needing it
+            for row, key in enumerate(run.keys):
+                if key in run.todo:
+                    self.cache.hits += 1  # a duplicate within the batch
+                    run.todo[key].append(row)
                     continue
-                out[rows] = matrix[i]
-                self.cache.put(key, matrix[i])
-        return out, errors
+                vector = self.cache.get(key)
+                if vector is None:
+                    run.todo[key] = [row]
+                else:
+                    run.out[row] = vector
+            run.firsts = [rows[0] for rows in run.todo.values()]
+        else:
+            run.firsts = list(range(len(seqs)))
+        if not run.firsts:
+            return run
+        sub_seqs = [seqs[r] for r in run.firsts]
+        launch = getattr(self.model, "launch", None)
+        if launch is not None:
+            try:
+                arrays = [tokens[r] for r in run.firsts] if tokens is not None else self.model.tokenize(sub_seqs)
+                run.pending = launch(arrays)
+                return run
+            except Exception as exc:  # out of memory while queueing, or a bad sequence: the careful path
+                if _is_cuda_oom(exc):
+                    release_cache(self.device)
+        run.matrix, run.errors = self._embed_rows_uncached(sub_seqs)
+        return run
+
+    def collect(self, run):
+        """Wait for a launched batch: (matrix, {row: one-line error}); failed rows of the matrix are undefined."""
+        if run.pending is not None:
+            try:
+                run.matrix, run.errors = run.pending.result(), {}
+            except Exception:  # an error the GPU reported late: embed the rows again, one failure per row
+                run.matrix, run.errors = self._embed_rows_uncached([run.seqs[r] for r in run.firsts])
+            run.pending = None
+        if run.todo is None:
+            return run.matrix, run.errors
+        errors = {}
+        for i, (key, rows) in enumerate(run.todo.items()):
+            if i in run.errors:
+                errors.update((r, run.errors[i]) for r in rows)
+                continue
+            run.out[rows] = run.matrix[i]
+            self.cache.put(key, run.matrix[i])
+        return run.out, errors
 
     def _embed_rows_uncached(self, seqs):
         try:
@@ -195,6 +234,21 @@ class Backend:
             except Exception as exc:
                 errors[row] = _one_line(exc)
         return out, errors
+
+
+class _Launch:
+    """One batch between `launch_rows` and `collect`."""
+
+    def __init__(self, seqs, tokens):
+        self.seqs, self.tokens = seqs, tokens
+        self.keys = self.out = self.todo = None  # deduplication: content keys, result, key -> rows
+        self.firsts = []  # rows that go to the model (first occurrence of each uncached sequence)
+        self.pending = None  # the model's queued result
+        self.matrix, self.errors = None, {}  # rows of `firsts` embedded, {index in firsts: error}
+
+    def ready(self):
+        """True when `collect` will not wait for the device."""
+        return self.pending is None or self.pending.done()
 
 
 def _one_line(exc):

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from virnucflow.models.esm2 import TRUNCATION_SEQ_LENGTH
-from virnucflow.models.packed import Packing, bucket_attention, embed_in_budgets, pinned, varlen_attention_fn
+from virnucflow.models.packed import (Packing, Pending, bucket_attention, launch_in_budgets, pinned,
+                                      varlen_attention_fn)
 
 MASK_RATIO_TRAIN = 0.15 * 0.8
 
@@ -170,31 +171,40 @@ class FastEsm2:
             x = x + F.linear(h, layer.fc2.weight, layer.fc2.bias)
         return _layer_norm(x, m.emb_layer_norm_after)
 
-    def _embed_sorted(self, token_lists):
-        lengths = [len(t) for t in token_lists]
-        flat_np = np.concatenate(token_lists)
-        flat = torch.from_numpy(flat_np)
-        mask_counts = torch.from_numpy(np.add.reduceat((flat_np == self.alphabet.mask_idx).astype(np.int64),
-                                                       np.cumsum([0] + lengths[:-1])).astype(np.int64))
-        ids = pinned(flat, self.device)
+    def _embed_sorted(self, token_arrays):
+        """Token-id arrays (longest first) -> their mean residue states, [n, dim] float32 on the device."""
+        lengths = np.fromiter((len(t) for t in token_arrays), dtype=np.int64, count=len(token_arrays))
+        flat_np = np.concatenate(token_arrays)
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        mask_counts = torch.from_numpy(np.add.reduceat((flat_np == self.alphabet.mask_idx).astype(np.int64), starts))
         packing = Packing(lengths, self.device)
-        states = self.forward_packed(ids, packing, pinned(mask_counts, self.device))
+        states = self.forward_packed(pinned(torch.from_numpy(flat_np), self.device), packing,
+                                     pinned(mask_counts, self.device))
         # residues 1..min(len, 1024) of each protein: drop BOS, EOS and what lies past 1024
-        keep = [min(TRUNCATION_SEQ_LENGTH, n - 2) for n in lengths]
-        select = torch.cat([torch.arange(s + 1, s + 1 + k) for s, k in zip(packing.starts, keep)])
-        select = pinned(select, self.device)
-        seq_ids = packing.seq_ids[select]
+        keep = np.minimum(TRUNCATION_SEQ_LENGTH, lengths - 2)
+        owner = np.repeat(np.arange(len(lengths)), keep)
+        select = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep) + np.repeat(starts + 1, keep)
+        select = pinned(torch.from_numpy(select), self.device)
         sums = torch.zeros((len(lengths), self.dim), dtype=torch.float32, device=self.device)
-        sums.index_add_(0, seq_ids, states[select].float())
-        return sums / pinned(torch.tensor(keep, dtype=torch.float32), self.device)[:, None]
+        sums.index_add_(0, pinned(torch.from_numpy(owner), self.device), states[select].float())
+        return sums / pinned(torch.from_numpy(keep.astype(np.float32)), self.device)[:, None]
 
-    def embed(self, proteins: list[str]) -> np.ndarray:
-        """float32 [N, dim], in input order; proteins sorted by length and packed in token budgets."""
+    def tokenize(self, proteins: list[str]) -> list[np.ndarray]:
         for protein in proteins:
             if not protein:
                 raise ValueError("cannot embed an empty protein")
-        tokens = [self.token_ids(p) for p in proteins]
-        return embed_in_budgets(tokens, self._embed_sorted, self.max_batch_tokens, self.dim)
+        return [self.token_ids(p) for p in proteins]
+
+    def count_tokens_many(self, proteins: list[str]) -> list[int]:
+        return [len(p) + 2 for p in proteins]
+
+    def launch(self, token_arrays) -> Pending:
+        """Queue the embedding of tokenized proteins; `.result()` gives float32 [N, dim] in input order."""
+        return launch_in_budgets(token_arrays, self._embed_sorted, self.max_batch_tokens, self.device, self.dim)
+
+    def embed(self, proteins: list[str]) -> np.ndarray:
+        """float32 [N, dim], in input order; proteins sorted by length and packed in token budgets."""
+        return self.launch(self.tokenize(proteins)).result()
 
 
 def _tables(positions, inv_freq):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,26 +28,24 @@ def varlen_attention_fn():
 
 
 class Packing:
-    """Boundaries of packed sequences: lengths (python ints), cu_seqlens (int32), equal-length runs."""
+    """Boundaries of packed sequences, built with numpy (no per-token Python work): lengths (python ints),
+    cu_seqlens (int32), per-token sequence index and position, and the runs of equal length."""
 
-    def __init__(self, lengths: list[int], device: torch.device | str):
-        self.lengths = list(lengths)
-        self.total = sum(self.lengths)
-        self.max_len = max(self.lengths)
-        starts = [0, *itertools.accumulate(self.lengths)]
-        self.starts = starts[:-1]
-        self.cu_seqlens = torch.tensor(starts, dtype=torch.int32).to(device, non_blocking=True)
-        self.seq_ids = torch.repeat_interleave(
-            torch.arange(len(self.lengths)), torch.tensor(self.lengths)
-        ).to(device, non_blocking=True)
-        start_of_token = torch.repeat_interleave(torch.tensor(starts[:-1]), torch.tensor(self.lengths))
-        self.positions = (torch.arange(self.total) - start_of_token).to(device, non_blocking=True)
-        self.buckets = []  # (token start, token end, n sequences, length)
-        first = 0
-        for length, group in itertools.groupby(self.lengths):
-            n = len(list(group))
-            self.buckets.append((starts[first], starts[first + n], n, length))
-            first += n
+    def __init__(self, lengths, device: torch.device | str):
+        lengths = np.asarray(lengths, dtype=np.int64)
+        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        self.lengths = lengths.tolist()
+        self.total = int(starts[-1])
+        self.max_len = int(lengths.max())
+        self.starts = starts[:-1].tolist()
+        seq_ids = np.repeat(np.arange(len(lengths)), lengths)
+        self.cu_seqlens = pinned(torch.from_numpy(starts.astype(np.int32)), device)
+        self.seq_ids = pinned(torch.from_numpy(seq_ids), device)
+        self.positions = pinned(torch.from_numpy(np.arange(self.total) - starts[:-1][seq_ids]), device)
+        bounds = np.concatenate(([0], np.flatnonzero(np.diff(lengths)) + 1, [len(lengths)])).tolist()
+        # (token start, token end, n sequences, length) of each run of equal-length sequences
+        self.buckets = [(int(starts[a]), int(starts[b]), b - a, self.lengths[a]) for a, b in zip(bounds, bounds[1:])]
 
 
 def bucket_attention(q, k, v, packing: Packing, bias_for_length=None, scale=None):
@@ -70,14 +69,28 @@ def pinned(tensor: torch.Tensor, device) -> torch.Tensor:
     return tensor
 
 
-def to_host(tensor: torch.Tensor):
-    """GPU -> numpy through a pinned buffer (one copy, then one synchronisation)."""
-    if tensor.device.type != "cuda":
-        return tensor.numpy()
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    host.copy_(tensor, non_blocking=True)
-    torch.cuda.current_stream(tensor.device).synchronize()
-    return host.numpy()
+class Pending:
+    """A launched batch's [n, dim] float32 result on its way to the host: the device-to-host copy is queued
+    behind the batch's kernels (into pinned memory) and `result()` waits for it alone, so the caller can
+    launch the next batch first and keep the GPU fed while it waits."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self._event = None
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(tensor.device))
+        else:
+            self._host = tensor
+
+    def done(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def result(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()  # releases the GIL while it waits
+        return self._host.numpy()
 
 
 def budget_slices(order, lengths, budget):
@@ -93,18 +106,43 @@ def budget_slices(order, lengths, budget):
         yield group
 
 
-def embed_in_budgets(tokens, embed_sorted, budget, dim):
-    """float32 [N, dim] in input order: sequences sorted longest first, embedded in groups of at most
-    `budget` tokens by `embed_sorted(list of token lists) -> [n, dim]`, with one host sync at the end."""
-    import numpy as np
-
-    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
-    out = np.empty((len(tokens), dim), dtype=np.float32)
-    pending = []
+def launch_in_budgets(tokens, embed_sorted, budget, device, dim) -> Pending:
+    """Queue the embedding of `tokens` (token-id arrays, any order) and return its Pending [N, dim] result,
+    rows in input order: sequences sorted longest first, embedded in groups of at most `budget` tokens by
+    `embed_sorted(list of token arrays) -> [n, dim] float32 on the device`. Nothing here waits for the GPU."""
+    if not len(tokens):
+        return Pending(torch.empty((0, dim), dtype=torch.float32))
+    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    order = np.argsort(-lengths, kind="stable")
+    parts = []
     with torch.inference_mode():
-        for rows in budget_slices(order, [len(t) for t in tokens], budget):
-            pending.append((rows, embed_sorted([tokens[i] for i in rows])))
-        # the host queued every batch while the GPU ran; synchronise once
-        if pending:
-            out[[i for rows, _ in pending for i in rows]] = to_host(torch.cat([v for _, v in pending]))
-    return out
+        for rows in budget_slices(order.tolist(), lengths, budget):
+            parts.append(embed_sorted([tokens[i] for i in rows]))
+        sorted_out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return Pending(sorted_out.index_select(0, pinned(torch.from_numpy(inverse), device)))
+
+
+
+
+def embed_stream(model, chunks, depth=2):
+    """Yield float32 [n, dim] for each chunk of sequences, in order, with host work hidden behind the GPU:
+    chunk k+1 is tokenized on a worker thread (the Rust tokenizer releases the GIL) and launched before the
+    caller waits for chunk k. `model` has `tokenize(seqs)` and `launch(token arrays) -> Pending`."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = iter(chunks)
+    with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+        tokenized = collections.deque(pool.submit(model.tokenize, c) for c in itertools.islice(chunks, depth))
+        launched = collections.deque()
+        while tokenized:
+            launched.append(model.launch(tokenized.popleft().result()))
+            following = next(chunks, None)
+            if following is not None:
+                tokenized.append(pool.submit(model.tokenize, following))
+            if len(launched) >= depth:
+                yield launched.popleft().result()
+        while launched:
+            yield launched.popleft().result()
