@@ -11,6 +11,7 @@ fp16/bf16, no bias) or, everywhere else, as one SDPA call per run of equal-lengt
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -48,18 +49,28 @@ class Packing:
         self.buckets = [(int(starts[a]), int(starts[b]), b - a, self.lengths[a]) for a, b in zip(bounds, bounds[1:])]
 
 
-def bucket_attention(q, k, v, packing: Packing, bias_for_length=None, scale=None):
-    """q, k, v [T, H, D] -> [T, H, D]: SDPA per equal-length run; bias_for_length(L) -> [1, H, L, L]."""
+def bucket_attention(q, k, v, packing: Packing, bias_for_length=None, scale=None, backends=None):
+    """q, k, v [T, H, D] -> [T, H, D]: SDPA per equal-length run; bias_for_length(L) -> [1, H, L, L].
+    `backends`: the SDPA kernels allowed (torch.nn.attention.SDPBackend list), None for torch's choice."""
     out = torch.empty_like(q)
     heads, dim = q.shape[1], q.shape[2]
-    for start, end, n, length in packing.buckets:
-        def view(t):
-            return t[start:end].view(n, length, heads, dim).transpose(1, 2)
+    with _sdpa_backends(backends):
+        for start, end, n, length in packing.buckets:
+            def view(t):
+                return t[start:end].view(n, length, heads, dim).transpose(1, 2)
 
-        mask = bias_for_length(length) if bias_for_length is not None else None
-        o = F.scaled_dot_product_attention(view(q), view(k), view(v), attn_mask=mask, scale=scale)
-        out[start:end].view(n, length, heads, dim).copy_(o.transpose(1, 2))
+            mask = bias_for_length(length) if bias_for_length is not None else None
+            o = F.scaled_dot_product_attention(view(q), view(k), view(v), attn_mask=mask, scale=scale)
+            out[start:end].view(n, length, heads, dim).copy_(o.transpose(1, 2))
     return out
+
+
+def _sdpa_backends(backends):
+    if backends is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(backends)
 
 
 def pinned(tensor: torch.Tensor, device) -> torch.Tensor:
