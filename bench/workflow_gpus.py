@@ -17,7 +17,8 @@ directory, random weights), it
    - embed_s: embed_jobs_s without the model load: from when the first embed job started and every
      sidecar was ready, to the last embed job's end. The scaling is embed_s(1 GPU) / embed_s(2 GPUs);
    - tokens and frames per model, from the sidecars' per-request log lines;
-5. checks that every run gives the first run's results (same rows, labels; largest score difference);
+5. checks that every run gives the results of the run on the fewest GPUs (same rows and labels; largest
+   score difference), and gives the scaling against that run;
 6. writes a JSON summary (--out), prints a table, and copies each run's logs, benchmarks, config and
    results tables to --keep DIR/<run>/.
 
@@ -375,7 +376,7 @@ def main():
     status = 0
     try:
         for i, n in enumerate(gpus):
-            name = f"gpu{n}" if args.device == "cuda" else f"cpu{i + 1}"
+            name = f"cpu{i + 1}" if args.device == "cpu" else f"gpu{n}" if gpus.count(n) == 1 else f"gpu{n}_{i + 1}"
             workdir = work / name
             if workdir.exists():
                 shutil.rmtree(workdir)
@@ -390,19 +391,20 @@ def main():
             pids = [p for s in result["sidecars"].values() for p in s["pids"]]
             if (left := wait_sidecars_gone(pids)):
                 log(f"warning: sidecar pid(s) {left} still alive 60 s after the run")
-            summary["runs"][name] = result
+            summary["runs"][name] = dict(result, gpus=n if args.device == "cuda" else 0)
             log(f"run {name}: wall {result['wall_s']} s, embed jobs {result['embed_jobs_s']} s, "
                 f"embed after load {result['embed_s']} s, load {result['load_s']} s, "
                 f"sidecars {[(k, s['device']) for k, s in result['sidecars'].items()]}")
-        names = list(summary["runs"])
-        base = summary["runs"][names[0]]
-        for name in names[1:]:
-            run = summary["runs"][name]
-            run["vs_" + names[0]] = dict(compare(work / names[0], work / name),
+        runs = summary["runs"]
+        first = min(runs, key=lambda k: runs[k]["gpus"])  # the base: the run on the fewest GPUs (--gpus 2,1 works)
+        base = runs[first]
+        for name in [k for k in runs if k != first]:
+            run = runs[name]
+            run["vs_" + first] = dict(compare(work / first, work / name),
                                          scaling_embed=round(base["embed_s"] / run["embed_s"], 3),
                                          scaling_embed_jobs=round(base["embed_jobs_s"] / run["embed_jobs_s"], 3),
                                          scaling_wall=round(base["wall_s"] / run["wall_s"], 3))
-            if not run["vs_" + names[0]]["agree"]:
+            if not run["vs_" + first]["agree"]:
                 status = 2
     except RunFailed as exc:
         summary["error"] = str(exc)
@@ -431,12 +433,11 @@ def print_table(summary):
         print(f"{name:6} {r['wall_s']:8.1f} {r['embed_jobs_s']:13.1f} {r['load_s']:7.1f} {r['embed_s']:8.1f} "
               f"{esm.get('tokens_per_s') or 0:10,} {dna.get('tokens_per_s') or 0:10,} {esm.get('seqs', 0):7}  "
               f"{devices}")
-    names = list(runs)
-    for name in names[1:]:
-        c = runs[name]["vs_" + names[0]]
+    for name, first in [(k, key[3:]) for k, r in runs.items() for key in r if key.startswith("vs_")]:
+        c = runs[name]["vs_" + first]
         target = (f"{'meets' if c['scaling_embed'] >= 1.8 else 'misses'} the 1.8x target; "
                   if summary["args"]["device"] == "cuda" else "")
-        print(f"{name} vs {names[0]}: scaling embed {c['scaling_embed']}x ({target}embed jobs incl. load wait "
+        print(f"{name} vs {first}: scaling embed {c['scaling_embed']}x ({target}embed jobs incl. load wait "
               f"{c['scaling_embed_jobs']}x, wall {c['scaling_wall']}x); results: {c['rows']} rows, ids "
               f"{'same' if c['ids_match'] else 'DIFFER'}, {c['label_mismatches']} label mismatches "
               f"(max score diff there {c['max_score_diff_at_mismatch']:.3g}), max score diff "
