@@ -33,7 +33,8 @@ from virnucflow.models.packed import Packing, Pending, bucket_attention, launch_
 
 
 def _layer_norm(x, ln):
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    """LayerNorm with fp32 scale and shift over working-dtype x (computed in fp32, returned in x's dtype)."""
+    return F.layer_norm(x.float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(x.dtype)
 
 
 class FastDnabertS:
@@ -192,8 +193,8 @@ def _add_norm_with(eps):
     """LayerNorm(y + x), MosaicBERT's post-norm residual step; eps is a constant, weights are arguments, so
     that one compiled kernel serves every layer."""
 
-    def add_norm(y, x, weight, bias):
-        return F.layer_norm(y + x, weight.shape, weight, bias, eps)
+    def add_norm(y, x, weight, bias):  # fp32 scale and shift: the sum is normalised in fp32 (one kernel compiled)
+        return F.layer_norm((y + x).float(), weight.shape, weight, bias, eps).to(y.dtype)
 
     return add_norm
 
