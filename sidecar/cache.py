@@ -43,6 +43,10 @@ class EmbeddingCache:
         self.hits += 1
         return vector
 
+    def peek(self, key):
+        """The cached vector or None, without counting a hit or miss or refreshing its place."""
+        return self._data.get(key)
+
     def put(self, key, vector):
         if not self.enabled or key in self._data:
             return

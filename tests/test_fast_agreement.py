@@ -105,3 +105,60 @@ def test_cache_is_bounded_and_exact_mode_stays_bit_identical(setup):
     vectors, _ = backend.embed_rows(setup["dna_seqs"][15:20])  # the 5 most recent: all hits
     assert np.array_equal(vectors, setup["exact_dna"][15:20])
     assert backend.cache.stats()["hits"] == 5
+
+
+def test_stream_and_launch_keep_input_order(setup):
+    """embed_stream (the sidecar's way: next chunk tokenized and launched before the last is read) gives what
+    one embed call gives, chunk by chunk in order; an empty launch is an empty matrix."""
+    from virnucflow.models.packed import embed_stream
+
+    dna = FastDnabertS(load_dnabert_s(str(setup["dna"])), dtype=torch.float32, max_batch_tokens=700)
+    seqs = setup["dna_seqs"]
+    chunks = [seqs[:7], seqs[7:8], seqs[8:40], [], seqs[40:]]
+    streamed = list(embed_stream(dna, chunks))
+    assert [len(v) for v in streamed] == [len(c) for c in chunks]
+    assert np.abs(np.concatenate(streamed) - dna.embed(seqs)).max() <= 1e-5
+    assert dna.launch([]).result().shape == (0, dna.dim)
+
+
+def test_fast_sidecar_with_concurrent_clients_matches_exact(setup, tmp_path):
+    """A fast-mode sidecar (fp16 here, as on a GPU) under 6 concurrent clients with tiny batch budgets, so
+    that many batches go through the two-deep launch/collect pipeline with the token arrays made at
+    admission: every row matches its own exact vector, duplicates across clients are embedded once."""
+    import threading
+
+    from test_sidecar_support import Sidecar
+
+    sidecar = Sidecar(tmp_path, ["--esm2", str(setup["esm"]), "--dnabert-s", str(setup["dna"]), "--mode", "fast",
+                                 "--max-batch-tokens", "300"])
+    try:
+        sidecar.wait_ready()
+        results, errors = {}, []
+
+        def client(k):
+            rows = list(range(k, len(setup["proteins"]), 3))  # every row is asked for by two clients
+            try:
+                with sidecar.client(max_request_seqs=5, window=3) as c:
+                    results[k] = (rows, c.embed("esm2", rows, [setup["proteins"][i] for i in rows]),
+                                  c.embed("dnabert_s", rows, [setup["dna_seqs"][i] for i in rows]))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(k % 3,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        for rows, esm, dna in results.values():
+            assert cosines(esm, setup["exact_esm"][rows]).min() >= 0.999
+            assert cosines(dna, setup["exact_dna"][rows]).min() >= 0.999
+        with sidecar.client() as c:
+            status = c.status()
+        assert status["mode"] == "fast"
+        for model, seqs in (("esm2", setup["proteins"]), ("dnabert_s", setup["dna_seqs"])):
+            # each distinct sequence embedded once, also when its twin was in a batch still in flight
+            assert status["models"][model]["dedup"]["misses"] == len(set(seqs))
+            assert status["models"][model]["loads"] == 1
+    finally:
+        sidecar.close()

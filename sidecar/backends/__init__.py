@@ -95,6 +95,7 @@ class Backend:
         from ..cache import EmbeddingCache
 
         self.cache = EmbeddingCache(cache_bytes, cache_entries)
+        self._inflight = {}  # content key -> the launched, not yet collected batch that embeds it
         self.model = None
         self.loads = 0
         self.load_seconds = None
@@ -172,9 +173,12 @@ class Backend:
             run.out = np.zeros((len(seqs), self.dim), dtype=np.float32)
             run.todo = {}  # key -> rows needing it
             for row, key in enumerate(run.keys):
-                if key in run.todo:
-                    self.cache.hits += 1  # a duplicate within the batch
-                    run.todo[key].append(row)
+                if key in run.todo or key in self._inflight:
+                    self.cache.hits += 1  # a duplicate within the batch, or of a batch still in flight
+                    if key in run.todo:
+                        run.todo[key].append(row)
+                    else:
+                        run.borrowed[row] = key
                     continue
                 vector = self.cache.get(key)
                 if vector is None:
@@ -182,6 +186,7 @@ class Backend:
                 else:
                     run.out[row] = vector
             run.firsts = [rows[0] for rows in run.todo.values()]
+            self._inflight.update(dict.fromkeys(run.todo, run))
         else:
             run.firsts = list(range(len(seqs)))
         if not run.firsts:
@@ -200,22 +205,42 @@ class Backend:
         return run
 
     def collect(self, run):
-        """Wait for a launched batch: (matrix, {row: one-line error}); failed rows of the matrix are undefined."""
-        if run.pending is not None:
-            try:
-                run.matrix, run.errors = run.pending.result(), {}
-            except Exception:  # an error the GPU reported late: embed the rows again, one failure per row
-                run.matrix, run.errors = self._embed_rows_uncached([run.seqs[r] for r in run.firsts])
-            run.pending = None
-        if run.todo is None:
-            return run.matrix, run.errors
-        errors = {}
-        for i, (key, rows) in enumerate(run.todo.items()):
-            if i in run.errors:
-                errors.update((r, run.errors[i]) for r in rows)
-                continue
-            run.out[rows] = run.matrix[i]
-            self.cache.put(key, run.matrix[i])
+        """Wait for a launched batch: (matrix, {row: one-line error}); failed rows of the matrix are undefined.
+        Batches are collected in launch order: rows borrowed from an earlier batch find its vectors cached."""
+        try:
+            if run.pending is not None:
+                try:
+                    run.matrix, run.errors = run.pending.result(), {}
+                except Exception:  # an error the GPU reported late: embed the rows again, one failure per row
+                    run.matrix, run.errors = self._embed_rows_uncached([run.seqs[r] for r in run.firsts])
+                run.pending = None
+            if run.todo is None:
+                return run.matrix, run.errors
+            errors = {}
+            for i, (key, rows) in enumerate(run.todo.items()):
+                if i in run.errors:
+                    errors.update((r, run.errors[i]) for r in rows)
+                    continue
+                run.out[rows] = run.matrix[i]
+                self.cache.put(key, run.matrix[i])
+        finally:
+            for key in run.todo or ():
+                if self._inflight.get(key) is run:
+                    del self._inflight[key]
+        missing = []  # borrowed rows whose vector is not cached (its batch failed, or it was evicted at once)
+        for row, key in run.borrowed.items():
+            vector = self.cache.peek(key)
+            if vector is None:
+                missing.append(row)
+            else:
+                run.out[row] = vector
+        if missing:
+            matrix, sub_errors = self._embed_rows_uncached([run.seqs[r] for r in missing])
+            for i, row in enumerate(missing):
+                if i in sub_errors:
+                    errors[row] = sub_errors[i]
+                else:
+                    run.out[row] = matrix[i]
         return run.out, errors
 
     def _embed_rows_uncached(self, seqs):
@@ -243,6 +268,7 @@ class _Launch:
         self.seqs, self.tokens = seqs, tokens
         self.keys = self.out = self.todo = None  # deduplication: content keys, result, key -> rows
         self.firsts = []  # rows that go to the model (first occurrence of each uncached sequence)
+        self.borrowed = {}  # row -> key of a sequence that a batch launched earlier embeds
         self.pending = None  # the model's queued result
         self.matrix, self.errors = None, {}  # rows of `firsts` embedded, {index in firsts: error}
 

@@ -125,7 +125,8 @@ class FastDnabertS:
         """torch.compile fuses the residual add into its LayerNorm, and GELU into the gate product: each one
         pass over memory instead of two or three (eagerly they were 30% of the GPU time). Used only if both
         compile and match the eager ops on this device."""
-        norms = [n for layer in self.model.encoder.layer for n in (layer.attention.output.LayerNorm, layer.mlp.layernorm)]
+        norms = [n for layer in self.model.encoder.layer
+                 for n in (layer.attention.output.LayerNorm, layer.mlp.layernorm)]
         eager_add_norm = _add_norm_with(norms[0].eps)
         self._add_norm, self._gated_gelu, self.compiled = eager_add_norm, _gated_gelu, False
         if not compile_ or any(n.eps != norms[0].eps for n in norms):

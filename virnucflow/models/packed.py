@@ -7,6 +7,10 @@ fp16/bf16, no bias) or, everywhere else, as one SDPA call per run of equal-lengt
 ("exact-length buckets"): sorted packing makes each bucket a contiguous slice that views as
 [n, L, heads, head_dim] with no padding and no mask. An additive bias (ALiBi) goes to SDPA as
 `attn_mask`.
+
+Nothing here waits for the GPU until a result is read: `launch_in_budgets` queues a batch's kernels
+and its device-to-host copy and returns a `Pending`; `embed_stream` keeps the next chunk tokenized and
+launched while the caller waits for the last, which is how the sidecar's compute thread works too.
 """
 
 from __future__ import annotations
