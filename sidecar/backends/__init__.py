@@ -160,8 +160,8 @@ class Backend:
 
         A fast model only queues its GPU work here and returns at once, so the caller can launch the next
         batch before it waits for this one; other models compute here. `tokens`: the sequences' token-id
-        arrays from `tokenize_many`, if the caller kept them. Rows whose sequence is in the cache (or repeats
-        one earlier in the batch) cost no model work.
+        arrays from `tokenize_many`, if the caller kept them. Rows whose sequence is in the cache, repeats one
+        earlier in the batch, or is embedded by a batch launched and not yet collected cost no model work.
         """
         import numpy as np
 
@@ -189,20 +189,36 @@ class Backend:
             self._inflight.update(dict.fromkeys(run.todo, run))
         else:
             run.firsts = list(range(len(seqs)))
+        try:
+            self._start(run)
+        except BaseException:
+            self._forget(run)
+            raise
+        return run
+
+    def _start(self, run):
         if not run.firsts:
-            return run
-        sub_seqs = [seqs[r] for r in run.firsts]
+            return
+        sub_seqs = [run.seqs[r] for r in run.firsts]
         launch = getattr(self.model, "launch", None)
         if launch is not None:
             try:
-                arrays = [tokens[r] for r in run.firsts] if tokens is not None else self.model.tokenize(sub_seqs)
+                if run.tokens is not None:
+                    arrays = [run.tokens[r] for r in run.firsts]
+                else:
+                    arrays = self.model.tokenize(sub_seqs)
                 run.pending = launch(arrays)
-                return run
+                return
             except Exception as exc:  # out of memory while queueing, or a bad sequence: the careful path
                 if _is_cuda_oom(exc):
                     release_cache(self.device)
         run.matrix, run.errors = self._embed_rows_uncached(sub_seqs)
-        return run
+
+    def _forget(self, run):
+        """This batch no longer embeds its keys for later ones (collected, or failed to start)."""
+        for key in run.todo or ():
+            if self._inflight.get(key) is run:
+                del self._inflight[key]
 
     def collect(self, run):
         """Wait for a launched batch: (matrix, {row: one-line error}); failed rows of the matrix are undefined.
@@ -224,9 +240,7 @@ class Backend:
                 run.out[rows] = run.matrix[i]
                 self.cache.put(key, run.matrix[i])
         finally:
-            for key in run.todo or ():
-                if self._inflight.get(key) is run:
-                    del self._inflight[key]
+            self._forget(run)
         missing = []  # borrowed rows whose vector is not cached (its batch failed, or it was evicted at once)
         for row, key in run.borrowed.items():
             vector = self.cache.peek(key)
