@@ -51,6 +51,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from workload import SENSE  # noqa: E402
 
+from sidecar.rendezvous import pid_alive  # noqa: E402
+
 CHUNK = 500
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) sidecar\[(\d+)\] \w+ (.*)$")
 
@@ -197,18 +199,11 @@ def wait_sidecars_gone(pids, timeout=60):
     """A run's sidecars exit about 1 s after snakemake; wait, so the next run has the GPUs to itself."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if pid_alive(p)]
         if not alive:
             return []
         time.sleep(0.2)
     return alive
-
-
-def _alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _epoch(stamp):
