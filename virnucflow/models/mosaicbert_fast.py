@@ -10,12 +10,14 @@ tokens, [CLS] and [SEP] included), computed differently:
 - sequences sorted longest first and packed into one [tokens, 768] tensor: no padding in any
   matrix product; attention is one SDPA call per run of equal-length sequences, with the ALiBi
   bias (`-slope * |i - j|`, the same slopes) as the additive `attn_mask`, so no padding mask is
-  needed. (Flash varlen kernels in torch take no bias.)
+  needed. (Flash varlen kernels in torch take no bias.) On CUDA that is the memory-efficient kernel
+  (see `_setup_attention`).
 - the weights are SHARED with the loaded MosaicBert module, converted in place once.
 - default token budget 262,144 (4x ESM-2's): a 768-wide layer is too little work per kernel launch to
   keep the GPU busy at 64k tokens. The gated projection runs as two GEMMs on the two row blocks of its
-  weight (views), so GELU and product are contiguous, vectorised passes (the strided slices of one
-  [T, 6144] output were 40% of the GPU time, fused by torch.compile or not).
+  weight (views), so that GELU x gate reads contiguous rows (strided slices of one [T, 6144] output
+  made it 40% of the GPU time); on CUDA torch.compile fuses it into one pass, and each residual add
+  into its LayerNorm.
 
 `dtype=torch.float32` runs the same packed path in fp32 (used on CPU by the agreement test).
 """
@@ -57,6 +59,7 @@ class FastDnabertS:
                                                 for n in (layer.attention.output.LayerNorm, layer.mlp.layernorm)]
         fp32_norms = [(n.weight.detach().float().clone(), n.bias.detach().float().clone()) for n in norms]
         self.model = model.to(dtype).to(self.device)
+        self._post_norms = norms[1:]
         for norm, (weight, bias) in zip(norms, fp32_norms):  # LayerNorm scales and shifts stay fp32 (see above)
             norm.weight = torch.nn.Parameter(weight.to(self.device), requires_grad=False)
             norm.bias = torch.nn.Parameter(bias.to(self.device), requires_grad=False)
@@ -125,8 +128,7 @@ class FastDnabertS:
         """torch.compile fuses the residual add into its LayerNorm, and GELU into the gate product: each one
         pass over memory instead of two or three (eagerly they were 30% of the GPU time). Used only if both
         compile and match the eager ops on this device."""
-        norms = [n for layer in self.model.encoder.layer
-                 for n in (layer.attention.output.LayerNorm, layer.mlp.layernorm)]
+        norms = self._post_norms
         eager_add_norm = _add_norm_with(norms[0].eps)
         self._add_norm, self._gated_gelu, self.compiled = eager_add_norm, _gated_gelu, False
         if not compile_ or any(n.eps != norms[0].eps for n in norms):
