@@ -342,13 +342,10 @@ def phase_speed(args):
     save(args.out)
 
     # ---- agreement against the reference phase ----
-    deadline = time.monotonic() + args.wait_ref
-    while args.ref and not Path(args.ref).exists() and time.monotonic() < deadline:
-        time.sleep(2)
-    if args.ref and Path(args.ref).exists():
+    ref = wait_for_reference(args)
+    if ref is not None:
         from virnucflow.classifier import write_random_classifier
 
-        ref = np.load(args.ref)
         sub = len(ref["esm_exact_subset"])
         agreement = {
             "frames": len(agree["dna"]),
@@ -381,12 +378,17 @@ def phase_speed(args):
     save(args.out)
 
 
-def dna_agreement(args, agree, fast_agree):
+def wait_for_reference(args):
+    """The reference phase's embeddings (up to --wait-ref seconds for them to appear), or None."""
     deadline = time.monotonic() + args.wait_ref
     while args.ref and not Path(args.ref).exists() and time.monotonic() < deadline:
         time.sleep(2)
-    if args.ref and Path(args.ref).exists():
-        ref = np.load(args.ref)
+    return np.load(args.ref) if args.ref and Path(args.ref).exists() else None
+
+
+def dna_agreement(args, agree, fast_agree):
+    ref = wait_for_reference(args)
+    if ref is not None:
         sub = len(ref["dna_exact_subset"])
         RESULT["agreement"] = {"frames": len(agree["dna"]), "dnabert_s": {
             "reference_packed_fp32_vs_exact": embedding_summary(ref["dna_exact_subset"], ref["dna_ref"][:sub]),
