@@ -204,20 +204,18 @@ def main():
         scenario("busy_4_clients_1gpu", sets["busy"], one, gpus[:1], work, ("dna", "esm"), sampler,
                  count_tokens(sets["busy"], tokenizer), spy_pid=servers[0].pid)
         if len(endpoints) > 1:
-            esm_tokens = count_tokens(sets["esm"], tokenizer)
-            dna_tokens = count_tokens(sets["dna"], tokenizer)
-            a = scenario("esm_1gpu", sets["esm"], one, gpus[:1], work, ("esm",), sampler,
-                         {"esm2": esm_tokens["esm2"]})
-            b = scenario("esm_2gpu", sets["esm_b"], endpoints, gpus, work, ("esm",), sampler,
-                         {"esm2": count_tokens(sets["esm_b"], tokenizer)["esm2"]})
-            RESULT["esm_scaling"] = (a["wall_s"] / esm_tokens["esm2"]) / (
-                b["wall_s"] / count_tokens(sets["esm_b"], tokenizer)["esm2"])
+            esm_tokens = count_tokens(sets["esm"], tokenizer)["esm2"]
+            esm_b_tokens = count_tokens(sets["esm_b"], tokenizer)["esm2"]
+            dna_tokens = count_tokens(sets["dna"], tokenizer)["dnabert_s"]
+            dna_b_tokens = count_tokens(sets["dna_b"], tokenizer)["dnabert_s"]
+            a = scenario("esm_1gpu", sets["esm"], one, gpus[:1], work, ("esm",), sampler, {"esm2": esm_tokens})
+            b = scenario("esm_2gpu", sets["esm_b"], endpoints, gpus, work, ("esm",), sampler, {"esm2": esm_b_tokens})
+            RESULT["esm_scaling"] = (a["wall_s"] / esm_tokens) / (b["wall_s"] / esm_b_tokens)
             c = scenario("dna_1gpu", sets["dna"], one, gpus[:1], work, ("dna",), sampler,
-                         {"dnabert_s": dna_tokens["dnabert_s"]}, spy_pid=servers[0].pid)
+                         {"dnabert_s": dna_tokens}, spy_pid=servers[0].pid)
             d = scenario("dna_2gpu", sets["dna_b"], endpoints, gpus, work, ("dna",), sampler,
-                         {"dnabert_s": count_tokens(sets["dna_b"], tokenizer)["dnabert_s"]})
-            RESULT["dna_scaling"] = (c["wall_s"] / dna_tokens["dnabert_s"]) / (
-                d["wall_s"] / count_tokens(sets["dna_b"], tokenizer)["dnabert_s"])
+                         {"dnabert_s": dna_b_tokens})
+            RESULT["dna_scaling"] = (c["wall_s"] / dna_tokens) / (d["wall_s"] / dna_b_tokens)
             log(f"scaling (token-normalised wall time, 1 GPU / 2 GPUs): ESM-2 {RESULT['esm_scaling']:.2f}x, "
                 f"DNABERT-S {RESULT['dna_scaling']:.2f}x")
         scenario("dedup_resend", sets["busy"], one, gpus[:1], work, ("dna", "esm"), sampler)

@@ -121,18 +121,12 @@ class Backend:
     def count_tokens(self, seq):
         return int(self.model.count_tokens(seq))
 
-    def count_tokens_many(self, seqs):
-        """Token counts of a request's sequences; one batched call where the model has one (no GIL held)."""
-        many = getattr(self.model, "count_tokens_many", None)
-        if many is not None:
-            return [int(n) for n in many(seqs)]
-        return [self.count_tokens(s) for s in seqs]
-
     def tokenize_many(self, seqs):
-        """(token counts, token-id arrays or None): fast models tokenize once, here, for `launch_rows`."""
+        """(token counts, token-id arrays or None): fast models tokenize once, here, for `launch_rows`
+        (one batched call of the Rust tokenizer for DNABERT-S, GIL released); exact models only count."""
         tokenize = getattr(self.model, "tokenize", None)
         if tokenize is None:
-            return self.count_tokens_many(seqs), None
+            return [self.count_tokens(s) for s in seqs], None
         arrays = tokenize(seqs)
         return [len(a) for a in arrays], arrays
 

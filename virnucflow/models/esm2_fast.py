@@ -175,9 +175,9 @@ class FastEsm2:
         """Token-id arrays (longest first) -> their mean residue states, [n, dim] float32 on the device."""
         lengths = np.fromiter((len(t) for t in token_arrays), dtype=np.int64, count=len(token_arrays))
         flat_np = np.concatenate(token_arrays)
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        mask_counts = torch.from_numpy(np.add.reduceat((flat_np == self.alphabet.mask_idx).astype(np.int64), starts))
         packing = Packing(lengths, self.device)
+        starts = np.asarray(packing.starts)
+        mask_counts = torch.from_numpy(np.add.reduceat((flat_np == self.alphabet.mask_idx).astype(np.int64), starts))
         states = self.forward_packed(pinned(torch.from_numpy(flat_np), self.device), packing,
                                      pinned(mask_counts, self.device))
         # residues 1..min(len, 1024) of each protein: drop BOS, EOS and what lies past 1024
@@ -194,9 +194,6 @@ class FastEsm2:
             if not protein:
                 raise ValueError("cannot embed an empty protein")
         return [self.token_ids(p) for p in proteins]
-
-    def count_tokens_many(self, proteins: list[str]) -> list[int]:
-        return [len(p) + 2 for p in proteins]
 
     def launch(self, token_arrays) -> Pending:
         """Queue the embedding of tokenized proteins; `.result()` gives float32 [N, dim] in input order."""

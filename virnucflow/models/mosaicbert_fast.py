@@ -82,9 +82,6 @@ class FastDnabertS:
         encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)  # no offsets needed
         return [np.array(e.ids, dtype=np.int64) for e in encode(list(seqs))]
 
-    def count_tokens_many(self, seqs: list[str]) -> list[int]:
-        return [len(t) for t in self.tokenize(seqs)]
-
     def _alibi(self, length):
         bias = self._bias.get(length)
         if bias is None:
