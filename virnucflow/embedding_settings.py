@@ -1,0 +1,161 @@
+"""The embedding settings, defined once: models, numeric mode, device, batch budgets, timeouts, cache sizes.
+
+`EmbeddingSettings` is the one typed object with the one set of defaults. Every way of embedding takes
+its values from it: the workflow builds it from the config (`from_config`) and passes it on as command
+line options (`to_args`); `sidecar serve`, `sidecar ensure`, `sidecar embed` and `virnucflow embed`
+declare their options from it (`add_arguments`) and read them back (`from_namespace`). A field's
+metadata says which commands take it (`scopes`) and where it lives in the config (`config`), so no
+list of options is typed out anywhere else.
+
+Standard library only: the torch-free sidecar client and Snakemake's parser import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from virnucflow.errors import InputError
+
+MODES = ("exact", "fast")
+SERVE, CLIENT, IN_PROCESS = "serve", "client", "in_process"
+MODEL_SCOPES = (SERVE, CLIENT, IN_PROCESS)  # a client checks that its sidecar serves these models
+
+
+def _setting(default, help, config=None, scopes=(SERVE,), metavar=None, choices=None, kind=None):
+    """A dataclass field with its command line help, config key ("section.key") and the commands taking it."""
+    return field(default=default, metadata={"help": help, "config": config, "scopes": scopes,
+                                            "metavar": metavar, "choices": choices, "kind": kind})
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    esm2: str | None = _setting(None, "ESM-2 checkpoint file or fair-esm model name", "models.esm2",
+                                MODEL_SCOPES, "SOURCE", kind=str)
+    dnabert_s: str | None = _setting(None, "DNABERT-S directory or hub id", "models.dnabert_s", MODEL_SCOPES,
+                                     "SOURCE", kind=str)
+    dnabert_revision: str | None = _setting(None, "hub revision (commit) of DNABERT-S", "models.dnabert_s_revision",
+                                            MODEL_SCOPES, "R", kind=str)
+    device: str = _setting("auto", "auto (the first GPU when there is one), cpu, cuda or cuda:N", "embedding.device",
+                           (SERVE, IN_PROCESS), kind=str)
+    mode: str = _setting("auto", "numerics: exact = fp32, one sequence per forward, the original's numbers; "
+                         "fast = packed fp16 batches (cosine >= 0.999 to exact); auto = fast on CUDA, exact on CPU",
+                         "embedding.mode", (SERVE, CLIENT, IN_PROCESS), choices=("auto",) + MODES, kind=str)
+    max_batch_tokens: int | None = _setting(None, "token budget of one compute batch, across requests "
+                                            "(default 4096 in exact mode, 65536 in fast mode)",
+                                            "embedding.max_batch_tokens", metavar="N", kind=int)
+    max_queued_tokens: int = _setting(4_000_000, "outstanding tokens beyond which requests are answered BUSY",
+                                      "embedding.max_queued_tokens", metavar="N", kind=int)
+    max_queued_requests: int = _setting(1024, "outstanding requests beyond which requests are answered BUSY",
+                                        "embedding.max_queued_requests", metavar="N", kind=int)
+    dedup_cache_mb: float = _setting(1024.0, "per model, MB of embeddings kept so that an identical sequence is "
+                                     "embedded once per sidecar lifetime (LRU; 0 disables)",
+                                     "embedding.dedup_cache_mb", metavar="MB", kind=float)
+    dedup_cache_entries: int | None = _setting(None, "per model, at most N cached embeddings (default: bounded by "
+                                               "the MB only)", "embedding.dedup_cache_entries", metavar="N", kind=int)
+    memory_fraction: float | None = _setting(None, "CUDA per-process memory fraction", "embedding.memory_fraction",
+                                             metavar="X", kind=float)
+    threads: int | None = _setting(None, "torch CPU threads (default: torch's choice)", None, metavar="N", kind=int)
+    idle_timeout: float = _setting(3600.0, "exit after S seconds without requests (0 = never)",
+                                   "embedding.idle_timeout", metavar="S", kind=float)
+    drain_timeout: float = _setting(30.0, "on stop, seconds to finish queued work before rejecting it",
+                                    "embedding.drain_timeout", metavar="S", kind=float)
+    log_interval: float = _setting(30.0, "seconds between throughput log lines", None, metavar="S", kind=float)
+    ready_timeout: float = _setting(1800.0, "seconds a client waits for the sidecar's models to load",
+                                    "embedding.ready_timeout", (CLIENT,), "S", kind=float)
+
+    # ---- derived values -----------------------------------------------------------------------
+
+    def resolved_mode(self, device: str) -> str:
+        """The numeric mode on `device`: the configured one, or auto's choice (fast on CUDA, exact on CPU)."""
+        if self.mode != "auto":
+            return self.mode
+        return "fast" if str(device).startswith("cuda") else "exact"
+
+    def batch_tokens(self, mode: str) -> int:
+        return self.max_batch_tokens or (65536 if mode == "fast" else 4096)
+
+    def models(self) -> dict:
+        """{protocol model name: (source, revision)} of the models that are set."""
+        out = {}
+        if self.esm2:
+            out["esm2"] = (self.esm2, None)
+        if self.dnabert_s:
+            out["dnabert_s"] = (self.dnabert_s, self.dnabert_revision)
+        return out
+
+    def replace(self, **changes) -> "EmbeddingSettings":
+        return dataclasses.replace(self, **changes)
+
+    # ---- the config ---------------------------------------------------------------------------
+
+    @classmethod
+    def config_keys(cls, section: str) -> dict:
+        """{key: field} of the settings that live in config section `section` ("models" or "embedding")."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            key = f.metadata["config"]
+            if key and key.split(".")[0] == section:
+                out[key.split(".", 1)[1]] = f
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict) -> "EmbeddingSettings":
+        """The settings of a workflow config; a wrong type is one line that names the key."""
+        values = {}
+        for section in ("models", "embedding"):
+            given = config.get(section) or {}
+            for key, f in cls.config_keys(section).items():
+                if given.get(key) is None:
+                    continue
+                values[f.name] = _convert(f, given[key], f"config: {section}.{key}")
+        return cls(**values)
+
+    # ---- command lines ------------------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser, scope: str, title: str | None = None):
+        """Declare the options of the commands in `scope` on an argparse parser."""
+        group = parser.add_argument_group(title or "embedding settings")
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if scope not in meta["scopes"]:
+                continue
+            default = "" if f.default is None else f" (default {f.default:g})" if isinstance(f.default, float) \
+                else f" (default {f.default})"
+            group.add_argument(_flag(f), dest=f.name, default=None, metavar=meta["metavar"],
+                               choices=meta["choices"], type=meta["kind"], help=meta["help"] + default)
+        return group
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> "EmbeddingSettings":
+        values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
+                  if getattr(ns, f.name, None) is not None}
+        return cls(**values)
+
+    def to_args(self, scope: str) -> list[str]:
+        """The options of the commands in `scope` whose values differ from the defaults."""
+        args = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if scope in f.metadata["scopes"] and value is not None and value != f.default:
+                args += [_flag(f), str(value)]
+        return args
+
+
+def _flag(f) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def _convert(f, value, where):
+    kind = f.metadata["kind"]
+    try:
+        if kind is int and (isinstance(value, bool) or float(value) != int(value)):
+            raise ValueError
+        converted = kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {value!r} is not a {kind.__name__}") from None
+    if f.metadata["choices"] and converted not in f.metadata["choices"]:
+        raise InputError(f"{where}: {value!r} is not one of {', '.join(f.metadata['choices'])}")
+    return converted
