@@ -1,10 +1,11 @@
-"""In-process embedding of one part, as the original does it: load both models, embed, save, exit."""
+"""In-process embedding of one part, as the original does it: load each model, embed, free it.
+
+Runs the exact numerics (fp32, one sequence per forward); the packed fp16 `fast` mode exists only in the
+sidecar, so a run that asks for fast mode without a sidecar is refused rather than silently made exact.
+"""
 
 import logging
 import time
-
-from virnucflow.embedding_files import save_embeddings
-from virnucflow.fasta import read_fasta
 
 log = logging.getLogger(__name__)
 
@@ -18,32 +19,45 @@ def resolve_device(device):
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def read_part(path):
-    """(ids, sequences) of a part file; a part may be empty when no frame was kept."""
-    from pathlib import Path
+def gpu_name(device):
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
 
-    if Path(path).stat().st_size == 0:
-        return [], []
-    records = list(read_fasta(path))
-    return [r[0] for r in records], [r[1] for r in records]
+    return torch.cuda.get_device_name(torch.device(device))
 
 
-def embed_part_in_process(nucleotide_fa, protein_faa, dnabert_out, esm_out,
-                          esm2_source, dnabert_source, dnabert_revision=None, device="auto"):
+def embed_in_process(settings, parts):
+    """{model: float32 [N, dim]} for `parts` ({model: (ids, seqs)}) and the part's provenance record."""
+    from virnucflow.errors import InputError
+    from virnucflow.fingerprint import model_fingerprints
     from virnucflow.models.dnabert_s import load_dnabert_s
     from virnucflow.models.esm2 import load_esm2
+    from virnucflow.provenance import package_versions, part_record
 
-    device = resolve_device(device)
-    for path, out, load in (
-        (nucleotide_fa, dnabert_out, lambda: load_dnabert_s(dnabert_source, dnabert_revision, device=device)),
-        (protein_faa, esm_out, lambda: load_esm2(esm2_source, device=device)),
-    ):
-        ids, seqs = read_part(path)
+    device = resolve_device(settings.device)
+    if settings.resolved_mode(device) != "exact":
+        raise InputError("fast mode runs only in a sidecar; without one (embedding.sidecar: false) use mode exact")
+    loaders = {
+        "dnabert_s": lambda: load_dnabert_s(settings.dnabert_s, settings.dnabert_revision, device=device,
+                                            trusted_sha256=settings.unsafe_trust_pickle),
+        "esm2": lambda: load_esm2(settings.esm2, device=device, trusted_sha256=settings.unsafe_trust_pickle),
+    }
+    arrays, names = {}, {}
+    for model_name, (ids, seqs) in parts.items():
+        if not getattr(settings, model_name):
+            raise InputError(f"--{model_name.replace('_', '-')} is needed to embed in this process")
         started = time.perf_counter()
-        model = load()
+        model = loaders[model_name]()
         loaded = time.perf_counter()
-        vectors = model.embed(seqs)
-        save_embeddings(out, ids, vectors)
-        log.info("%s: %d sequences, load %.1f s, embed %.1f s -> %s",
-                 model.name, len(ids), loaded - started, time.perf_counter() - loaded, out)
+        arrays[model_name] = model.embed(seqs)
+        names[model_name] = model.name
+        log.info("%s: %d sequences, load %.1f s, embed %.1f s", model.name, len(ids), loaded - started,
+                 time.perf_counter() - loaded)
         del model
+    fingerprints = model_fingerprints(settings.esm2 if "esm2" in parts else None,
+                                      settings.dnabert_s if "dnabert_s" in parts else None, settings.dnabert_revision)
+    served = {"mode": "exact", "device": device, "gpu_name": gpu_name(device), "fingerprints": fingerprints,
+              "models": {m: {"source": getattr(settings, m), "name": names[m]} for m in parts},
+              "versions": package_versions()}
+    return arrays, part_record("in-process", served)

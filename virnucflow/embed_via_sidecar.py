@@ -1,0 +1,71 @@
+"""The sidecar transport of the embedding step: check what the sidecar serves, then send it the part.
+
+The only module of virnucflow that calls into the sidecar package, and only into its torch-free client
+side (client, launcher). Before any sequence is sent, the sidecar's own report of its models' sha256
+fingerprints and numeric mode is compared with what this run asks for; a sidecar that serves anything
+else (another checkpoint, another revision, the other mode: a hand-started sidecar shared across runs,
+or a stale one) is refused with one line that names both sides.
+"""
+
+from __future__ import annotations
+
+from virnucflow.embedding_settings import SERVE
+from virnucflow.fingerprint import model_fingerprints
+from virnucflow.provenance import part_record
+
+
+class SidecarMismatch(Exception):
+    """The sidecar serves other models or another mode than the run asks for."""
+
+
+def check_served(settings, served: dict, where: str) -> None:
+    """Raise SidecarMismatch unless `served` (a sidecar's status) matches `settings`."""
+    wanted = model_fingerprints(settings.esm2, settings.dnabert_s, settings.dnabert_revision)
+    got = served.get("fingerprints") or {}
+    differ = []
+    for model, sha in wanted.items():
+        if got.get(model) != sha:
+            source = (served.get("models") or {}).get(model, {}).get("source")
+            differ.append(f"{model} {_short(got.get(model))} ({source}) but this run asks for {_short(sha)} "
+                          f"({getattr(settings, model)})")
+    mode = settings.resolved_mode(served.get("device", ""))
+    if served.get("mode") != mode:
+        differ.append(f"{served.get('mode')} mode but this run asks for {mode} mode")
+    if differ:
+        raise SidecarMismatch(f"{where} serves {'; '.join(differ)}; stop it (sidecar stop --endpoint-file ...) or "
+                              "point the run at a sidecar with these settings")
+
+
+def _short(sha):
+    return f"sha256 {sha[:12]}" if isinstance(sha, str) else "no fingerprint"
+
+
+def embed_via_sidecar(ns, settings, parts: dict):
+    """{model: float32 [N, dim]} for `parts` ({model: (ids, seqs)}) and the part's provenance record."""
+    from sidecar.client import SidecarClient, SidecarDied
+    from virnucflow.embed_part import listen_args
+
+    if not ns.endpoint_file:
+        raise ValueError("the sidecar transport needs --endpoint-file")
+    attempts = 2 if ns.ensure else 1
+    for attempt in range(attempts):
+        if ns.ensure:
+            from sidecar.launcher import ensure_sidecar
+
+            if not settings.models():
+                raise ValueError("--ensure needs the models: --esm2 SOURCE and/or --dnabert-s SOURCE")
+            ensure_sidecar(ns.endpoint_file, settings.to_args(SERVE) + listen_args(ns), watch_pid=ns.watch_pid,
+                           log_file=ns.log)
+        try:
+            with SidecarClient(ns.endpoint_file, ready_timeout=settings.ready_timeout) as client:
+                client.wait_ready()
+                served = client.status()
+                check_served(settings, served, client.describe())
+                arrays = {model: client.embed(model, ids, seqs, label=f"{model} part")
+                          for model, (ids, seqs) in parts.items()}
+            return arrays, part_record("sidecar", served)
+        except SidecarDied:
+            if attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
+
