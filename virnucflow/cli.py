@@ -48,15 +48,21 @@ def cmd_split(args):
     logging.info("wrote %d part(s) to %s", n, args.out_dir)
 
 
-def cmd_embed(args):
-    from virnucflow.embedding import embed_part_in_process
+def cmd_run_info(args):
+    from virnucflow.classifier import known_model_name
+    from virnucflow.fingerprint import fingerprint
+    from virnucflow.provenance import run_info, write_json
 
-    embed_part_in_process(
-        nucleotide_fa=args.nucleotide, protein_faa=args.protein,
-        dnabert_out=args.dnabert_out, esm_out=args.esm_out,
-        esm2_source=args.esm2, dnabert_source=args.dnabert_s,
-        dnabert_revision=args.dnabert_revision, device=args.device,
-    )
+    classifier = {"path": args.classifier, "sha256": fingerprint(args.classifier),
+                  "original": known_model_name(args.classifier)}
+    write_json(args.output, run_info(args.sample, args.provenance, classifier, args.chunk_size))
+    logging.info("run info of %s written to %s", args.sample, args.output)
+
+
+def cmd_embed(args):
+    from virnucflow.embed_part import run_cli
+
+    return run_cli(args, "virnucflow embed")
 
 
 def cmd_merge(args):
@@ -214,15 +220,10 @@ def build_parser():
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("embed", help="embed one part in this process (loads both models, as the original)")
-    p.add_argument("--nucleotide", required=True)
-    p.add_argument("--protein", required=True)
-    p.add_argument("--dnabert-out", required=True, help=".npz of DNABERT-S means")
-    p.add_argument("--esm-out", required=True, help=".npz of ESM-2 means")
-    p.add_argument("--esm2", required=True, help="fair-esm model name or checkpoint path")
-    p.add_argument("--dnabert-s", required=True, help="hub id or local model directory")
-    p.add_argument("--dnabert-revision", default=None, help="pinned hub revision (with a hub id)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    from virnucflow.embed_part import add_arguments as add_embed_arguments
+
+    p = sub.add_parser("embed", help="embed one part: through a sidecar, or loading both models here")
+    add_embed_arguments(p, "in-process")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("merge", help="join DNABERT-S and ESM-2 vectors into the original's merged .pt")
@@ -236,6 +237,14 @@ def build_parser():
     p.add_argument("--out-dir", required=True)
     p.add_argument("merged", nargs="+", help="merged feature files ({'ids', 'data'} .pt)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("run-info", help="a sample's run_info.json: what produced its results")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--classifier", required=True, help="the classifier file that scored the sample")
+    p.add_argument("--chunk-size", type=int, required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("provenance", nargs="*", help="the parts' provenance records")
+    p.set_defaults(func=cmd_run_info)
 
     p = sub.add_parser("make-demo-models", help="write tiny random models in the real formats (demo, tests)")
     p.add_argument("--out-dir", required=True)
@@ -253,11 +262,10 @@ def main(argv=None):
         format="%(asctime)s virnucflow %(levelname)s %(message)s",
     )
     try:
-        args.func(args)
+        return args.func(args) or 0
     except InputError as exc:
         print(f"virnucflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -118,13 +118,10 @@ def _write_all(outputs, provenance_out, record):
         raise
 
 
-def main(argv=None, transport=SIDECAR, prog="sidecar embed") -> int:
-    import argparse
+def run_cli(ns, prog: str) -> int:
+    """`run` for a command line: the exit code, and one line on stderr for any failure."""
     import sys
 
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_arguments(parser, transport)
-    ns = parser.parse_args(argv)
     try:
         run(ns)
     except KeyboardInterrupt:

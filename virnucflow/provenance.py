@@ -3,8 +3,8 @@
 The embedding step of every part writes a small JSON record beside its vectors: the fingerprints of the
 models that embedded it, the numeric mode, the device and GPU, the versions of the embedding process,
 and whether a sidecar or the job itself ran the models. `run_info.json` gathers a sample's part records
-with what the classification step adds (the classifier's fingerprint, the chunk size, the Snakemake
-version, when the run ended). Standard library only.
+with what the step after classification adds (the classifier's fingerprint, the chunk size, the
+versions of its own environment, Snakemake's included, and when the run ended). Standard library only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from virnucflow.atomic import atomic_path
 
-PACKAGES = ("virnucflow", "torch", "fair-esm", "numpy", "pyzmq")
+PACKAGES = ("virnucflow", "torch", "fair-esm", "numpy", "pyzmq", "snakemake")
 
 
 def package_versions(names=PACKAGES) -> dict:
@@ -71,7 +71,7 @@ def _one_or_all(values):
     return distinct[0] if len(distinct) == 1 else distinct
 
 
-def run_info(sample: str, part_files, classifier: dict, chunk_size: int, snakemake_version: str | None) -> dict:
+def run_info(sample: str, part_files, classifier: dict, chunk_size: int) -> dict:
     """The content of a sample's run_info.json. Values that differ between parts are listed."""
     parts = [json.loads(Path(p).read_text()) for p in part_files]
     embedding = {key: _one_or_all([p.get(key) for p in parts]) if parts else None
@@ -83,6 +83,6 @@ def run_info(sample: str, part_files, classifier: dict, chunk_size: int, snakema
         "chunk_size": chunk_size,
         "embedding": dict(embedding, devices=devices, parts=len(parts)),
         "classifier": classifier,
-        "versions": dict(package_versions(), snakemake=snakemake_version),
+        "versions": package_versions(),
         "ended_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -11,6 +11,8 @@ rule merge:
         "logs/{sample}/merge/output_{k}.log",
     conda:
         "../envs/virnucflow.yaml"
+    params:
+        identity=embedding_identity,
     shell:
         "virnucflow merge --dnabert {input.dnabert} --esm {input.esm} --output {output} > {log} 2>&1"
 
@@ -30,10 +32,36 @@ rule classify:
         "../envs/virnucflow.yaml"
     params:
         model=CLASSIFIER,
+        identity=classifier_identity(),
         out_dir=subpath(output.results, parent=True),
     shell:
         "virnucflow classify --model {params.model} --out-dir {params.out_dir} "
         "{input.merged} > {log} 2>&1"
+
+
+rule run_info:
+    # What produced this sample's results: the models' and the classifier's fingerprints, the
+    # numeric mode, the devices, the versions, the chunk size and when the run ended.
+    input:
+        provenance=provenance_parts,
+        results="results/{sample}/prediction_results.txt",
+    output:
+        report(
+            "results/{sample}/run_info.json",
+            caption="../report/run_info.rst",
+            category="Provenance",
+            labels={"sample": "{sample}", "file": "run_info.json"},
+        ),
+    log:
+        "logs/{sample}/run_info.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        classifier=CLASSIFIER,
+        size=CHUNK_SIZE,
+    shell:
+        "virnucflow run-info --sample {wildcards.sample} --classifier {params.classifier} "
+        "--chunk-size {params.size} --output {output} {input.provenance} > {log} 2>&1"
 
 
 rule contig_calls:

@@ -4,9 +4,13 @@ import csv
 import subprocess
 import os
 import re
+import json
 import shlex
 
 from snakemake.utils import validate
+
+from virnucflow.embedding_settings import CLIENT, IN_PROCESS, SERVE, EmbeddingSettings
+from virnucflow.fingerprint import fingerprint, model_fingerprints
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -85,11 +89,23 @@ def merged_parts(wildcards):
     )
 
 
+def provenance_parts(wildcards):
+    return expand(
+        "results/{sample}/provenance/output_{k}.json",
+        sample=wildcards.sample,
+        k=part_numbers(wildcards),
+    )
+
+
 def final_outputs():
     return expand(
         "results/{sample}/{name}",
         sample=SAMPLES,
-        name=["prediction_results.txt", "prediction_results_highestscore.csv"],
+        name=[
+            "prediction_results.txt",
+            "prediction_results_highestscore.csv",
+            "run_info.json",
+        ],
     )
 
 
@@ -134,20 +150,23 @@ def fetch_command(only):
 
 
 # --- embedding: in-process, or through one resident sidecar per GPU -------------------------
+# Every embedding setting (models, mode, device, budgets, timeouts) is one EmbeddingSettings object,
+# built once from the config and turned into command line options here; docs/architecture.md says
+# how a setting travels from the config to a sidecar.
 
 EMBED = config.setdefault("embedding", {})
 EMBED.setdefault("sidecar", True)
-EMBED.setdefault("device", "auto")
 USE_SIDECAR = EMBED["sidecar"]
 EXTERNAL_ENDPOINT = EMBED.get("endpoint_file")
 SIDECAR_DIR = ".virnucflow/sidecar"
+SETTINGS = EmbeddingSettings.from_config(config)
 
 
 def visible_gpus():
     """GPU ordinals, chosen deterministically: the config's list, else all that CUDA_VISIBLE_DEVICES
     (or nvidia-smi) shows, numbered 0..n-1 as torch will see them. Snakemake assigns no GPU ids.
     """
-    if EMBED["device"] == "cpu":
+    if SETTINGS.device == "cpu":
         return []
     if EMBED.get("gpus") is not None:
         return list(EMBED["gpus"])
@@ -187,7 +206,7 @@ def on_slurm():
 def sidecar_slots():
     if not on_slurm():
         return SIDECAR_SLOTS
-    if EMBED["device"] == "cpu":
+    if SETTINGS.device == "cpu":
         return ["cpu"]
     # one sidecar job per GPU that the run asks for; the submit host's own GPUs do not count
     return [f"gpu{i}" for i in range(len(EMBED.get("gpus") or [0]))]
@@ -208,37 +227,69 @@ def endpoint_file(slot):
     return f"{SIDECAR_DIR}/{slot}.json"
 
 
+def slot_settings(slot):
+    """The settings of the sidecar (or in-process embedding) of one slot: the device is the slot's."""
+    if not USE_SIDECAR:
+        return SETTINGS
+    if on_slurm():  # the sidecar job's script picks the device: its one GPU (cuda:0), else the CPU
+        return SETTINGS.replace(device="auto", drain_timeout=10.0)
+    return SETTINGS.replace(device=sidecar_device(slot))
+
+
 def serve_args(slot):
-    revision = MODELS.get("dnabert_s_revision")
-    args = [
-        f"--esm2 {MODELS['esm2']}",
-        f"--dnabert-s {MODELS['dnabert_s']}",
-        f"--dnabert-revision {revision}" if revision else "",
-        f"--device {sidecar_device(slot)}",
-        f"--mode {EMBED['mode']}" if EMBED.get("mode", "auto") != "auto" else "",
-        # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
-        # it is gone, however the run ends (kill -9 included). Not a param, so it triggers no rerun.
+    """`sidecar serve` options of a locally started sidecar."""
+    # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
+    # it is gone, however the run ends (kill -9 included). Not a param, so it triggers no rerun.
+    args = slot_settings(slot).to_args(SERVE) + [
         "--watch-pid $PPID",
-        f"--idle-timeout {EMBED.get('idle_timeout', 3600)}",
         f"--log logs/sidecar/{slot}.server.log",
     ]
-    return " ".join(a for a in args if a)
+    return " ".join(args)
+
+
+def embedding_identity(wildcards):
+    """What makes an embedding: the models' fingerprints and the numeric mode. A param of the embed
+    and merge rules, so that changing either re-embeds (merged files outlive the temp() embeddings).
+    The demo's models are made by the workflow itself, so their file times already say when they change.
+    """
+    slot = slot_of(wildcards) if USE_SIDECAR else "cpu"
+    settings = slot_settings(slot)
+    device = settings.device if USE_SIDECAR else "auto"
+    mode = settings.resolved_mode(device) if device != "auto" else settings.mode
+    if config["demo_models"]:
+        models = {"esm2": SETTINGS.esm2, "dnabert_s": SETTINGS.dnabert_s}
+    else:
+        models = model_fingerprints(SETTINGS.esm2, SETTINGS.dnabert_s, SETTINGS.dnabert_revision)
+    return json.dumps({"models": models, "mode": mode}, sort_keys=True)
+
+
+def classifier_identity():
+    return CLASSIFIER if config["demo_models"] else fingerprint(CLASSIFIER)
 
 
 def sidecar_inputs(wildcards):
-    if EXTERNAL_ENDPOINT:
+    if EXTERNAL_ENDPOINT or not USE_SIDECAR:
         return {}
     return {"sidecar": f"{SIDECAR_DIR}/{slot_of(wildcards)}.started"}
 
 
-def ensure_args(wildcards):
-    """Each client first makes sure its sidecar lives: a rerun, or a retry after a sidecar died,
+def embed_args(wildcards):
+    """The options of `virnucflow embed` for one part: the transport, and the settings that the
+    sidecar must serve (a client refuses one that serves other models or another mode).
+    Each client first makes sure its sidecar lives, so a rerun, or a retry after a sidecar died,
     starts a fresh one. A sidecar started by hand (endpoint_file) is only used, never started;
     nor is one under SLURM, where a client runs on a CPU node and its sidecar is a GPU job.
     """
+    if not USE_SIDECAR:
+        return "--transport in-process " + " ".join(SETTINGS.to_args(IN_PROCESS))
+    slot = slot_of(wildcards)
+    args = ["--transport sidecar", f"--endpoint-file {endpoint_file(slot)}"]
     if EXTERNAL_ENDPOINT or on_slurm():
-        return ""
-    return f"--ensure {serve_args(slot_of(wildcards))}"
+        args += slot_settings(slot).to_args(CLIENT)
+    else:
+        args += ["--ensure", serve_args(slot)]
+        args += [a for a in slot_settings(slot).to_args(CLIENT) if a not in serve_args(slot).split()]
+    return " ".join(args)
 
 
 def sidecar_rule_inputs(wildcards):
@@ -277,21 +328,10 @@ def sidecar_start_command(wildcards, output, resources, threads):
     slot = wildcards.slot
     if not on_slurm():
         return f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && touch {output}"
-    revision = MODELS.get("dnabert_s_revision")
-    serve = [
-        f"--esm2 {MODELS['esm2']}",
-        f"--dnabert-s {MODELS['dnabert_s']}",
-        f"--dnabert-revision {revision}" if revision else "",
-        f"--idle-timeout {EMBED.get('idle_timeout', 3600)}",
-        "--drain-timeout 10",
-        f"--log logs/sidecar/{slot}.server.log",
-    ]
-    # in its job, a sidecar sees its one GPU as cuda:0
-    device = {"cpu": "cpu", "auto": "auto"}.get(EMBED["device"], "cuda:0")
     return (
         f"python {workflow.source_path('../scripts/slurm_sidecar.py')} "
         f"--endpoint-file {output} --job-name virnucflow-sidecar-{slot} "
-        f"--output logs/sidecar/{slot}.slurm.log --device {device} "
+        f"--output logs/sidecar/{slot}.slurm.log --device {'cpu' if slot == 'cpu' else 'auto'} "
         f"--sbatch-args {shlex.quote(sbatch_args(resources, threads))} -- "
-        + " ".join(a for a in serve if a)
+        + " ".join(slot_settings(slot).to_args(SERVE) + [f"--log logs/sidecar/{slot}.server.log"])
     )

@@ -24,57 +24,33 @@ if USE_SIDECAR and not EXTERNAL_ENDPOINT:
             "{params.start} > {log} 2>&1"
 
 
-if USE_SIDECAR:
-
-    rule embed_via_sidecar:
-        input:
-            unpack(sidecar_inputs),
-            nucleotide="results/{sample}/parts/output_{k}.fa",
-            protein="results/{sample}/parts/output_{k}.faa",
-        output:
-            dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
-            esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
-        log:
-            "logs/{sample}/embed/output_{k}.log",
-        benchmark:
-            "benchmarks/{sample}/embed/output_{k}.tsv"
-        conda:
-            "../envs/virnucflow.yaml"
-        params:
-            ensure=ensure_args,
-            endpoint=lambda wc: endpoint_file(slot_of(wc)),
-        shell:
-            "sidecar embed --endpoint-file {params.endpoint} {params.ensure} "
-            "--nucleotide {input.nucleotide} --protein {input.protein} "
-            "--dnabert-out {output.dnabert} --esm-out {output.esm} > {log} 2>&1"
-
-else:
-
-    rule embed_in_process:
-        input:
-            unpack(lambda wc: model_files()),
-            nucleotide="results/{sample}/parts/output_{k}.fa",
-            protein="results/{sample}/parts/output_{k}.faa",
-        output:
-            dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
-            esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
-        log:
-            "logs/{sample}/embed/output_{k}.log",
-        benchmark:
-            "benchmarks/{sample}/embed/output_{k}.tsv"
-        conda:
-            "../envs/virnucflow.yaml"
-        params:
-            esm2=MODELS["esm2"],
-            dnabert_s=MODELS["dnabert_s"],
-            revision=(
-                f"--dnabert-revision {MODELS['dnabert_s_revision']}"
-                if MODELS.get("dnabert_s_revision")
-                else ""
-            ),
-            device=EMBED["device"],
-        shell:
-            "virnucflow embed --nucleotide {input.nucleotide} --protein {input.protein} "
-            "--dnabert-out {output.dnabert} --esm-out {output.esm} "
-            "--esm2 {params.esm2} --dnabert-s {params.dnabert_s} {params.revision} "
-            "--device {params.device} > {log} 2>&1"
+rule embed:
+    # One command, two transports: a thin client of a resident sidecar, or (embedding.sidecar: false)
+    # a job that loads both models itself, as the original does. Either way the part's provenance
+    # record says which models, mode and device made its vectors.
+    input:
+        unpack(sidecar_inputs),
+        unpack(lambda wc: {} if USE_SIDECAR else model_files()),
+        nucleotide="results/{sample}/parts/output_{k}.fa",
+        protein="results/{sample}/parts/output_{k}.faa",
+    output:
+        dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
+        esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
+        provenance="results/{sample}/provenance/output_{k}.json",
+    log:
+        "logs/{sample}/embed/output_{k}.log",
+    benchmark:
+        "benchmarks/{sample}/embed/output_{k}.tsv"
+    resources:
+        gpu=0 if USE_SIDECAR else 1,
+        mem_mb=2000 if USE_SIDECAR else 32000,
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        args=embed_args,
+        identity=embedding_identity,
+    shell:
+        "virnucflow embed {params.args} "
+        "--nucleotide {input.nucleotide} --protein {input.protein} "
+        "--dnabert-out {output.dnabert} --esm-out {output.esm} "
+        "--provenance-out {output.provenance} > {log} 2>&1"
