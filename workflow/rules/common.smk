@@ -1,6 +1,7 @@
 # Config and sample-sheet validation, and the input functions shared by the rules.
 
 import csv
+import functools
 import subprocess
 import os
 import re
@@ -11,6 +12,7 @@ from snakemake.utils import validate
 
 from virnucflow.embedding_settings import CLIENT, IN_PROCESS, SERVE, EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
+from virnucflow.model_check import check_classifier, check_dnabert_s, check_esm2
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -160,6 +162,26 @@ USE_SIDECAR = EMBED["sidecar"]
 EXTERNAL_ENDPOINT = EMBED.get("endpoint_file")
 SIDECAR_DIR = ".virnucflow/sidecar"
 SETTINGS = EmbeddingSettings.from_config(config)
+
+
+@functools.cache
+def preflight_models():
+    """Stop before any work when a configured model is missing or is not the model its key claims.
+    The input function of the first step (chunk) calls it, so a run that only fetches the models
+    is not checked; the demo's models are made by the workflow, and cluster jobs were checked by the
+    run that submitted them."""
+    if config["demo_models"] or workflow.remote_exec:
+        return
+    check_esm2(SETTINGS.esm2)
+    check_dnabert_s(SETTINGS.dnabert_s, SETTINGS.dnabert_revision)
+    check_classifier(CLASSIFIER, f"models.classifiers.{CHUNK_SIZE}")
+    model_fingerprints(SETTINGS.esm2, SETTINGS.dnabert_s, SETTINGS.dnabert_revision)
+    fingerprint(CLASSIFIER)
+
+
+def sample_fasta(wildcards):
+    preflight_models()
+    return SAMPLES[wildcards.sample]
 
 
 def visible_gpus():

@@ -3,7 +3,7 @@
 
 rule chunk:
     input:
-        lambda wc: SAMPLES[wc.sample],
+        sample_fasta,
     output:
         "results/{sample}/chunked.fa",
     log:
