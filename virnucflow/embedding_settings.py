@@ -115,12 +115,13 @@ class EmbeddingSettings:
     # ---- command lines ------------------------------------------------------------------------
 
     @classmethod
-    def add_arguments(cls, parser, scope: str, title: str | None = None):
-        """Declare the options of the commands in `scope` on an argparse parser."""
+    def add_arguments(cls, parser, scopes, title: str | None = None):
+        """Declare the options of the commands in `scopes` (one scope or several) on an argparse parser."""
+        scopes = {scopes} if isinstance(scopes, str) else set(scopes)
         group = parser.add_argument_group(title or "embedding settings")
         for f in dataclasses.fields(cls):
             meta = f.metadata
-            if scope not in meta["scopes"]:
+            if not scopes & set(meta["scopes"]):
                 continue
             default = "" if f.default is None else f" (default {f.default:g})" if isinstance(f.default, float) \
                 else f" (default {f.default})"
