@@ -16,6 +16,7 @@ BAD = {
     "text_before_header": b"hello\n>r1\nACGT\n",
     "all_empty_records": b">r1\n>r2\n",
     "digits_in_sequence": b">r1\nACGT 1234\n",
+    "protein": b">p1 a protein\nMKPVTLYDVAEYAGVSYQTVSRVVNQASHVSAKTREKVEAAMAELNYIPNRVAQQLAGKQSL\n",
 }
 
 

@@ -15,7 +15,8 @@ def cmd_chunk(args):
 
     with atomic_path(args.output) as tmp, open(tmp, "w") as fh:
         n = 0
-        for record in counted(chunk_records(read_fasta(args.input), args.size), "chunk", "chunks written"):
+        records = read_fasta(args.input, nucleotide=True)
+        for record in counted(chunk_records(records, args.size), "chunk", "chunks written"):
             write_fasta(fh, [record], width=60)
             n += 1
         if n == 0:
@@ -32,7 +33,7 @@ def cmd_translate(args):
     with atomic_path(args.nucleotide) as nuc_tmp, atomic_path(args.protein) as prot_tmp:
         with open(nuc_tmp, "w") as nuc, open(prot_tmp, "w") as prot:
             chunks = kept = 0
-            for chunk_id, seq in counted(read_fasta(args.input), "translate", "chunks read"):
+            for chunk_id, seq in counted(read_fasta(args.input, nucleotide=True), "translate", "chunks read"):
                 chunks += 1
                 for frame_id, nucleotide, protein in kept_frames(chunk_id, seq):
                     write_fasta(nuc, [(frame_id, nucleotide)])

@@ -22,6 +22,7 @@ from virnucflow.atomic import atomic_path
 from virnucflow.chunking import window_starts
 from virnucflow.errors import InputError
 from virnucflow.fasta import read_fasta, write_fasta
+from virnucflow.input_guard import unchanged_while_read
 from virnucflow.progress import Progress
 
 CONTIG_COLUMNS = (
@@ -41,7 +42,7 @@ def chunk_ids(record_id, length, chunk_size):
 def read_chunk_scores(predictions_txt):
     """{chunk id: largest score2 over its frames} from prediction_results.txt (frame id = chunk id + 2 chars)."""
     scores = {}
-    with open(predictions_txt, newline="") as fh:
+    with unchanged_while_read(predictions_txt), open(predictions_txt, newline="") as fh:
         header = fh.readline().rstrip("\n").split("\t")
         if header != ["Sequence_ID", "Prediction", "score1", "score2"]:
             raise InputError(f"{predictions_txt}: header is not Sequence_ID/Prediction/score1/score2; pass prediction_results.txt")
@@ -61,7 +62,7 @@ def read_chunk_scores(predictions_txt):
 def read_chunk_calls(highest_csv):
     """{chunk id: Is_Virus} from prediction_results_highestscore.csv (tab-separated)."""
     calls = {}
-    with open(highest_csv, newline="") as fh:
+    with unchanged_while_read(highest_csv), open(highest_csv, newline="") as fh:
         reader = csv.reader(fh, delimiter="\t")
         if next(reader, None) != ["Modified_ID", "Is_Virus"]:
             raise InputError(f"{highest_csv}: header is not Modified_ID/Is_Virus; pass prediction_results_highestscore.csv")
@@ -117,7 +118,7 @@ def call_contigs(fasta, predictions_txt, highest_csv, chunk_size, tsv_out, fasta
         with open(tsv_tmp, "w", newline="") as tsv, open(fa_tmp, "w") as fa:
             writer = csv.DictWriter(tsv, CONTIG_COLUMNS, delimiter="\t", lineterminator="\n")
             writer.writeheader()
-            for record_id, seq in read_fasta(fasta):
+            for record_id, seq in read_fasta(fasta, nucleotide=True):
                 row = contig_row(record_id, len(seq), chunk_size, scores, calls, min_viral_fraction)
                 writer.writerow(row)
                 records += 1

@@ -2,7 +2,21 @@
 
 Parsing follows Biopython's FASTA parser, which the original used: the record id is the header
 up to the first white space; trailing white space, spaces and carriage returns are removed from
-sequence lines. Gzipped input is recognised by its magic bytes, not by its name.
+sequence lines. Gzipped input is recognised by its magic bytes, not by its name. Every file is
+read under `unchanged_while_read`, so a file that changes while it is read is an error.
+
+Nucleotide check (`nucleotide=True`, for the user's DNA input). IUPAC nucleotide codes overlap
+protein letters (A C G T N R Y K M S W B D H V are all amino-acid letters too), so no letter set alone
+tells the two apart. A record of at least MIN_JUDGED_LETTERS letters is called non-nucleotide,
+and is an error, when both hold:
+- fewer than MIN_NUCLEOTIDE_FRACTION (half) of its letters are A C G T U N (either case). Proteins
+  have about a quarter (A, C, G, T, N residues); DNA, however many Ns it has, has nearly all.
+- it holds a letter that no nucleotide code uses (E F I J L O P Q Z). About a third of the residues
+  of a typical protein are one of these. This second condition keeps heavily ambiguous DNA
+  (an even mix of the 15 IUPAC codes is a third A C G T N) from being rejected.
+X counts for neither, since some tools mask DNA with it. Shorter records are not judged: too few
+letters to tell. It is an error, not a warning: a protein FASTA given as the DNA input is a
+mistake, and chunking and translating it gives a meaningless result.
 """
 
 import gzip
@@ -11,9 +25,14 @@ import re
 from pathlib import Path
 
 from virnucflow.errors import InputError
+from virnucflow.input_guard import unchanged_while_read
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _SEQUENCE_CHARS = re.compile(r"[A-Za-z*.\-]*")
+_NUCLEOTIDE_LETTERS = "ACGTUNacgtun"
+_PROTEIN_ONLY_LETTERS = frozenset("EFIJLOPQZ")
+MIN_NUCLEOTIDE_FRACTION = 0.5
+MIN_JUDGED_LETTERS = 20
 
 
 def _open_text(path):
@@ -26,50 +45,75 @@ def _open_text(path):
     return io.TextIOWrapper(raw, encoding="ascii", errors="strict", newline=None)
 
 
-def read_fasta(path):
+def read_fasta(path, nucleotide=False):
     """Yield (record_id, sequence) for each record, raising InputError on anything that is not FASTA.
 
     Records of length zero are yielded (the caller decides); duplicate ids are an error because
-    every downstream step keys on them.
+    every downstream step keys on them. With `nucleotide`, a record that looks like protein is an
+    error (see the module docstring). The last record is yielded only after the whole file has
+    been read and found unchanged, so a consumer that stops at the last record still gets the check.
     """
+    check = _check_nucleotide if nucleotide else _no_check
     seen = set()
     record_id, lines, line_no = None, [], 0
-    try:
-        with _open_text(path) as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if "\x00" in line:
-                    raise InputError(f"{path}: line {line_no} holds binary data; give a FASTA file (plain or gzipped)")
-                if line.startswith(">"):
-                    if record_id is not None:
-                        yield record_id, "".join(lines)
-                    record_id = _record_id(path, line_no, line, seen)
-                    lines = []
-                elif record_id is None:
-                    if line.strip():
-                        raise InputError(
-                            f"{path}: line {line_no} comes before any '>' header; this is not FASTA"
-                        )
-                else:
-                    chunk = line.rstrip().replace(" ", "")
-                    if not _SEQUENCE_CHARS.fullmatch(chunk):
-                        bad = next(c for c in chunk if not _SEQUENCE_CHARS.fullmatch(c))
-                        raise InputError(
-                            f"{path}: record '{record_id}' line {line_no} has the character {bad!r}, "
-                            "which is not a nucleotide or IUPAC code; fix or remove the record"
-                        )
-                    lines.append(chunk)
-    except UnicodeDecodeError as exc:
-        where = f"after line {line_no}" if line_no else "at its start"
-        raise InputError(
-            f"{path}: non-text bytes {where} ({exc.reason}); give a FASTA file (plain or gzipped)"
-        ) from None
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise InputError(f"{path}: cannot be read as (gzipped) FASTA: {exc}") from None
-    if record_id is None:
-        raise InputError(f"{path}: holds no FASTA records; check that it is the right file")
-    yield record_id, "".join(lines)
+    with unchanged_while_read(path):
+        try:
+            with _open_text(path) as fh:
+                for line_no, line in enumerate(fh, start=1):
+                    if "\x00" in line:
+                        raise InputError(f"{path}: line {line_no} holds binary data; give a FASTA file (plain or gzipped)")
+                    if line.startswith(">"):
+                        if record_id is not None:
+                            yield check(path, record_id, "".join(lines))
+                        record_id = _record_id(path, line_no, line, seen)
+                        lines = []
+                    elif record_id is None:
+                        if line.strip():
+                            raise InputError(
+                                f"{path}: line {line_no} comes before any '>' header; this is not FASTA"
+                            )
+                    else:
+                        chunk = line.rstrip().replace(" ", "")
+                        if not _SEQUENCE_CHARS.fullmatch(chunk):
+                            bad = next(c for c in chunk if not _SEQUENCE_CHARS.fullmatch(c))
+                            raise InputError(
+                                f"{path}: record '{record_id}' line {line_no} has the character {bad!r}, "
+                                "which is not a nucleotide or IUPAC code; fix or remove the record"
+                            )
+                        lines.append(chunk)
+        except UnicodeDecodeError as exc:
+            where = f"after line {line_no}" if line_no else "at its start"
+            raise InputError(
+                f"{path}: non-text bytes {where} ({exc.reason}); give a FASTA file (plain or gzipped)"
+            ) from None
+        except (EOFError, gzip.BadGzipFile, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise InputError(f"{path}: cannot be read as (gzipped) FASTA: {exc}") from None
+        if record_id is None:
+            raise InputError(f"{path}: holds no FASTA records; check that it is the right file")
+        last = check(path, record_id, "".join(lines))
+    yield last
+
+
+def _no_check(path, record_id, seq):
+    return record_id, seq
+
+
+def _check_nucleotide(path, record_id, seq):
+    """(record_id, seq), or InputError when the record looks like protein (rule: module docstring)."""
+    letters = len(seq) - seq.count("*") - seq.count(".") - seq.count("-")
+    if letters < MIN_JUDGED_LETTERS:
+        return record_id, seq
+    fraction = sum(seq.count(c) for c in _NUCLEOTIDE_LETTERS) / letters
+    if fraction < MIN_NUCLEOTIDE_FRACTION:
+        foreign = sorted(_PROTEIN_ONLY_LETTERS.intersection(seq.upper()))
+        if foreign:
+            raise InputError(
+                f"{path}: record '{record_id}' is only {fraction:.0%} A/C/G/T/U/N and holds {', '.join(foreign)}, "
+                "which no nucleotide code uses; this looks like a protein FASTA: pass the DNA contigs"
+            )
+    return record_id, seq
 
 
 def _record_id(path, line_no, line, seen):
