@@ -26,6 +26,8 @@ class SidecarError(Exception):
 class SidecarDied(SidecarError):
     """The sidecar process went away: rerunning (or Snakemake's --retries) with a new sidecar recovers."""
 
+    exit_code = 3  # what the command line exits with, so that a retry can tell this from a real error
+
 
 class SidecarClient:
     """A connection to the sidecar named by an endpoint file.

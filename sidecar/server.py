@@ -24,9 +24,12 @@ from pathlib import Path
 import zmq
 
 from . import auth, protocol, rendezvous
+from virnucflow.provenance import package_versions
+
 from .batcher import Batcher, Busy, Closed, Job
 
 log = logging.getLogger("sidecar")
+_VERSIONS = package_versions()
 
 TICK = 0.5  # seconds between housekeeping checks (orphan, idle, throughput log)
 SOCKET_PREFIX = "virnucflow-sidecar-"
@@ -42,26 +45,44 @@ class StartupError(Exception):
 
 @dataclasses.dataclass
 class ServeConfig:
+    """What one server runs with: the embedding settings (resolved for its device) and where it listens.
+    Built by `from_settings`; the defaults of the settings live in virnucflow.embedding_settings."""
+
     endpoint_file: str
     models: dict  # protocol model name -> (source, revision)
-    device: str = "cpu"
+    device: str
+    mode: str  # exact | fast
+    idle_timeout: float
+    max_batch_tokens: int
+    max_queued_tokens: int
+    max_queued_requests: int
+    memory_fraction: float
+    threads: int
+    drain_timeout: float
+    log_interval: float
+    dedup_cache_mb: float  # per model; 0 disables deduplication
+    dedup_cache_entries: int
     tcp: str = None  # "HOST:PORT"; None = local ipc socket
     secret_file: str = None
     socket_dir: str = None
     watch_pid: int = None
-    idle_timeout: float = 0.0
-    max_batch_tokens: int = 4096
-    max_queued_tokens: int = 4_000_000
-    max_queued_requests: int = 1024
-    memory_fraction: float = None
-    threads: int = None
-    drain_timeout: float = 30.0
-    log_interval: float = 30.0
     empty_cache_interval: float = 60.0
     max_message_bytes: int = 256 * 1024 * 1024
-    mode: str = None  # exact | fast; None = fast on CUDA, exact on CPU
-    dedup_cache_mb: float = 1024.0  # per model; 0 disables deduplication
-    dedup_cache_entries: int = None
+
+    @classmethod
+    def from_settings(cls, settings, endpoint_file, **listen):
+        """`settings`: an EmbeddingSettings; `listen`: tcp, secret_file, socket_dir, watch_pid."""
+        from .backends import resolve_device
+
+        device = resolve_device(settings.device)
+        mode = settings.resolved_mode(device)
+        return cls(endpoint_file=endpoint_file, models=settings.models(), device=device, mode=mode,
+                   idle_timeout=settings.idle_timeout, max_batch_tokens=settings.batch_tokens(mode),
+                   max_queued_tokens=settings.max_queued_tokens, max_queued_requests=settings.max_queued_requests,
+                   memory_fraction=settings.memory_fraction, threads=settings.threads,
+                   drain_timeout=settings.drain_timeout, log_interval=settings.log_interval,
+                   dedup_cache_mb=settings.dedup_cache_mb, dedup_cache_entries=settings.dedup_cache_entries,
+                   **listen)
 
 
 class ModelStats:
@@ -81,10 +102,8 @@ class Server:
         self.load_error = None
         self.backends = {}
         self.device = config.device
-        if config.mode is None:
-            from .backends import default_mode
-
-            config.mode = default_mode(config.device)
+        self.fingerprints = {}
+        self.gpu_name = None
         self.started = time.time()
         self.stats = {name: ModelStats() for name in config.models}
         # fast mode: DNABERT-S batches get 4x the budget (a 768-wide model needs more tokens per launch)
@@ -188,6 +207,9 @@ class Server:
 
             start = time.monotonic()
             self.device = backends.configure_device(self.cfg.device, self.cfg.memory_fraction, self.cfg.threads)
+            self.gpu_name = backends.gpu_name(self.device)
+            # before loading, so that a model file changed since its fetch stops the load
+            self.fingerprints = _fingerprints(self.cfg.models)
             for name, (source, revision) in self.cfg.models.items():
                 backend = backends.make_backend(
                     name, source, device=self.device, revision=revision, mode=self.cfg.mode,
@@ -502,7 +524,9 @@ class Server:
         depth = self.batcher.depth()
         return {
             "state": self.state, "pid": self.pid, "host": rendezvous.hostname(), "endpoint": self.endpoint,
-            "device": self.device, "mode": self.cfg.mode, "uptime_s": round(time.time() - self.started, 3), "models": models,
+            "device": self.device, "gpu_name": self.gpu_name, "mode": self.cfg.mode,
+            "fingerprints": self.fingerprints, "versions": _VERSIONS,
+            "uptime_s": round(time.time() - self.started, 3), "models": models,
             "memory": memory, "error": self.load_error,
             "queue": {"requests": depth["requests"], "tokens": depth["tokens"],
                       "max_batch_tokens": self.cfg.max_batch_tokens,
@@ -528,6 +552,13 @@ class Server:
                  "removed" if removed else "left to its new owner or already gone")
 
 
+def _fingerprints(models):
+    from virnucflow.fingerprint import model_fingerprints
+
+    esm2, dnabert = models.get("esm2"), models.get("dnabert_s")
+    return model_fingerprints(esm2 and esm2[0], dnabert and dnabert[0], dnabert and dnabert[1])
+
+
 def _ready(run):
     return isinstance(run, BaseException) or run.ready()
 
@@ -551,15 +582,17 @@ def _rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run(config):
-    """Entry point of `sidecar serve`: returns the exit code. Call before torch is imported."""
+def run(settings, endpoint_file, **listen):
+    """Entry point of `sidecar serve`: returns the exit code. Call before torch is imported.
+
+    `settings`: an EmbeddingSettings; `listen`: tcp, secret_file, socket_dir, watch_pid."""
     from .backends import prepare_torch_environment
 
     prepare_torch_environment()
     # The compute thread issues many short GPU launches, each needing the GIL; with the default 5 ms switch
     # interval a busy socket thread (decoding, tokenizing) makes it wait up to 5 ms per hand-over.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    code = Server(config).serve()
+    code = Server(ServeConfig.from_settings(settings, endpoint_file, **listen)).serve()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -20,7 +20,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from agreement import calibrated_classifier, classifier_agreement, cosines  # noqa: E402
 from workload import frames  # noqa: E402
 
-from sidecar.backends import default_mode, make_backend  # noqa: E402
+from sidecar.backends import make_backend  # noqa: E402
+from virnucflow.embedding_settings import EmbeddingSettings  # noqa: E402
 from virnucflow.classifier import write_random_classifier  # noqa: E402
 from virnucflow.models.dnabert_s import load_dnabert_s, write_tiny_dnabert_s  # noqa: E402
 from virnucflow.models.esm2 import load_esm2, write_tiny_esm2_checkpoint  # noqa: E402
@@ -82,7 +83,8 @@ def test_batch_composition_and_order_do_not_matter_much(setup):
 
 
 def test_fast_backend_deduplicates_within_and_across_batches(setup):
-    assert default_mode("cpu") == "exact" and default_mode("cuda:1") == "fast"
+    assert EmbeddingSettings().resolved_mode("cpu") == "exact"
+    assert EmbeddingSettings().resolved_mode("cuda:1") == "fast"
     backend = make_backend("esm2", str(setup["esm"]), mode="fast", cache_bytes=1 << 20).load()
     seqs = setup["proteins"][:10]
     first, errors = backend.embed_rows(seqs + seqs[:3])

@@ -17,7 +17,6 @@ from virnucflow.errors import InputError
 
 SIDECAR = "sidecar"
 TRANSPORTS = (SIDECAR, "in-process")
-EXIT_DIED = 3  # the sidecar died mid-request: a retry with a fresh sidecar may succeed
 SIDECAR_SERVE_OPTIONS = ("tcp", "secret_file", "socket_dir")  # how a started sidecar listens, not what it computes
 
 
@@ -127,9 +126,7 @@ def run_cli(ns, prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line for the user, whatever went wrong
-        from sidecar.client import SidecarDied
-
+    except Exception as exc:  # one line for the user, whatever went wrong; a dead sidecar exits 3
         print(f"{prog}: error: {' '.join(str(exc).split()) or exc.__class__.__name__}", file=sys.stderr)
-        return EXIT_DIED if isinstance(exc, SidecarDied) else 1
+        return getattr(exc, "exit_code", 1)
     return 0

@@ -10,25 +10,9 @@ import time
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device):
-    """'auto' picks the first CUDA device when there is one, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def gpu_name(device):
-    if not str(device).startswith("cuda"):
-        return None
-    import torch
-
-    return torch.cuda.get_device_name(torch.device(device))
-
-
 def embed_in_process(settings, parts):
     """{model: float32 [N, dim]} for `parts` ({model: (ids, seqs)}) and the part's provenance record."""
+    from sidecar.backends import gpu_name, resolve_device
     from virnucflow.errors import InputError
     from virnucflow.fingerprint import model_fingerprints
     from virnucflow.models.dnabert_s import load_dnabert_s

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from virnucflow.atomic import atomic_path
 
+MODEL_KEYS = ("source", "revision", "name", "dim")  # what identifies a model, not what it has done
 PACKAGES = ("virnucflow", "torch", "fair-esm", "numpy", "pyzmq", "snakemake")
 
 
@@ -55,8 +56,10 @@ def write_json(path, record) -> None:
 def part_record(transport: str, served: dict) -> dict:
     """A part's record from what the embedding process reports about itself (`served`: mode, device,
     gpu_name, fingerprints, models, versions; a sidecar's status, or the in-process equivalent)."""
-    keys = ("mode", "device", "gpu_name", "fingerprints", "models", "versions")
+    keys = ("mode", "device", "gpu_name", "fingerprints", "versions")
     record = {key: served.get(key) for key in keys}
+    record["models"] = {name: {k: model.get(k) for k in MODEL_KEYS if k in model}
+                        for name, model in (served.get("models") or {}).items()}
     record["transport"] = transport
     if transport == "sidecar":
         record["sidecar"] = {key: served.get(key) for key in ("pid", "host", "endpoint")}

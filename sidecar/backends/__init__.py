@@ -16,9 +16,22 @@ ALLOC_CONF = "expandable_segments:True"
 MODES = ("exact", "fast")
 
 
-def default_mode(device):
-    """fast on CUDA, exact on CPU (where fp16 buys nothing and exactness is free)."""
-    return "fast" if str(device).startswith("cuda") else "exact"
+def resolve_device(device):
+    """'auto' is the current CUDA device when there is one, else the CPU; other names stay as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gpu_name(device):
+    """The GPU's name (None on the CPU), for the status report and the results' provenance."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 class SequenceFailed(Exception):
