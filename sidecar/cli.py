@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from virnucflow.safe_load import add_trust_option
+
 EXIT_ERROR = 1
 EXIT_DIED = 3  # the sidecar died mid-request: a retry with a fresh sidecar may succeed
 
@@ -50,6 +52,7 @@ def _serve_options(parser):
                        help="on stop, seconds to finish queued work before rejecting it (default 30)")
     group.add_argument("--log-interval", type=float, default=30.0, metavar="S",
                        help="seconds between throughput log lines (default 30)")
+    add_trust_option(group)
     return group
 
 
@@ -59,10 +62,12 @@ def _serve_args(ns):
     for opt in ("esm2", "dnabert_s", "dnabert_revision", "device", "tcp", "secret_file", "socket_dir",
                 "idle_timeout", "mode", "max_batch_tokens", "dedup_cache_mb", "dedup_cache_entries",
                 "max_queued_tokens", "max_queued_requests",
-                "memory_fraction", "threads", "drain_timeout", "log_interval"):
+                "memory_fraction", "threads", "drain_timeout", "log_interval", "unsafe_trust_pickle"):
         value = getattr(ns, opt)
-        if value is not None:
-            args += ["--" + opt.replace("_", "-"), str(value)]
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:  # a repeatable option gives a list
+            args += ["--" + opt.replace("_", "-"), str(item)]
     return args
 
 
@@ -160,7 +165,7 @@ def cmd_serve(ns):
         dedup_cache_mb=ns.dedup_cache_mb, dedup_cache_entries=ns.dedup_cache_entries,
         max_queued_tokens=ns.max_queued_tokens, max_queued_requests=ns.max_queued_requests,
         memory_fraction=ns.memory_fraction, threads=ns.threads, drain_timeout=ns.drain_timeout,
-        log_interval=ns.log_interval)
+        log_interval=ns.log_interval, unsafe_trust_pickle_sha256=tuple(ns.unsafe_trust_pickle or ()))
     return server.run(config)
 
 

@@ -62,6 +62,7 @@ class ServeConfig:
     mode: str = None  # exact | fast; None = fast on CUDA, exact on CPU
     dedup_cache_mb: float = 1024.0  # per model; 0 disables deduplication
     dedup_cache_entries: int = None
+    unsafe_trust_pickle_sha256: tuple = ()  # model files that may be unpickled in full (virnucflow.safe_load)
 
 
 class ModelStats:
@@ -192,7 +193,8 @@ class Server:
                 backend = backends.make_backend(
                     name, source, device=self.device, revision=revision, mode=self.cfg.mode,
                     cache_bytes=int(self.cfg.dedup_cache_mb * 2**20), cache_entries=self.cfg.dedup_cache_entries,
-                    max_batch_tokens=self.batcher.model_batch_tokens.get(name, self.cfg.max_batch_tokens))
+                    max_batch_tokens=self.batcher.model_batch_tokens.get(name, self.cfg.max_batch_tokens),
+                    trusted=self.cfg.unsafe_trust_pickle_sha256)
                 backend.load()
                 log.info("loaded %s from %s: %s, dim %d, %s mode, %.2f s", name, source, backend.name, backend.dim,
                          self.cfg.mode, backend.load_seconds)
@@ -203,7 +205,7 @@ class Server:
             self.last_activity = time.monotonic()
             log.info("ready on %s after %.2f s (endpoint %s)", self.device, time.monotonic() - start, self.endpoint)
         except BaseException as exc:  # a broken model or device: say why, then exit after FAILED_LINGER
-            self.load_error = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:500]
+            self.load_error = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:1000]
             self.state = protocol.FAILED
             self.loaded.set()
             log.error("model loading failed: %s", self.load_error)

@@ -5,6 +5,7 @@ import logging
 import sys
 
 from virnucflow.errors import InputError
+from virnucflow.safe_load import add_trust_option
 
 
 def cmd_chunk(args):
@@ -56,6 +57,7 @@ def cmd_embed(args):
         dnabert_out=args.dnabert_out, esm_out=args.esm_out,
         esm2_source=args.esm2, dnabert_source=args.dnabert_s,
         dnabert_revision=args.dnabert_revision, device=args.device,
+        trusted=tuple(args.unsafe_trust_pickle or ()),
     )
 
 
@@ -223,6 +225,7 @@ def build_parser():
     p.add_argument("--dnabert-s", required=True, help="hub id or local model directory")
     p.add_argument("--dnabert-revision", default=None, help="pinned hub revision (with a hub id)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_trust_option(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("merge", help="join DNABERT-S and ESM-2 vectors into the original's merged .pt")

@@ -29,21 +29,25 @@ def read_part(path):
 
 
 def embed_part_in_process(nucleotide_fa, protein_faa, dnabert_out, esm_out,
-                          esm2_source, dnabert_source, dnabert_revision=None, device="auto"):
+                          esm2_source, dnabert_source, dnabert_revision=None, device="auto", trusted=()):
+    """Embed one part with both models; nothing is written unless both succeed.
+
+    Both models are loaded before either embeds, so that a bad model file fails the job at once.
+    trusted: sha256s of model files that may be unpickled in full (see virnucflow.safe_load).
+    """
     from virnucflow.models.dnabert_s import load_dnabert_s
     from virnucflow.models.esm2 import load_esm2
 
     device = resolve_device(device)
-    for path, out, load in (
-        (nucleotide_fa, dnabert_out, lambda: load_dnabert_s(dnabert_source, dnabert_revision, device=device)),
-        (protein_faa, esm_out, lambda: load_esm2(esm2_source, device=device)),
-    ):
-        ids, seqs = read_part(path)
+    parts = [read_part(nucleotide_fa), read_part(protein_faa)]
+    started = time.perf_counter()
+    models = [load_dnabert_s(dnabert_source, dnabert_revision, device=device, trusted=trusted),
+              load_esm2(esm2_source, device=device, trusted=trusted)]
+    log.info("models loaded in %.1f s", time.perf_counter() - started)
+    results = []
+    for (ids, seqs), model, out in zip(parts, models, (dnabert_out, esm_out)):
         started = time.perf_counter()
-        model = load()
-        loaded = time.perf_counter()
-        vectors = model.embed(seqs)
+        results.append((out, ids, model.embed(seqs)))
+        log.info("%s: %d sequences, embed %.1f s -> %s", model.name, len(ids), time.perf_counter() - started, out)
+    for out, ids, vectors in results:
         save_embeddings(out, ids, vectors)
-        log.info("%s: %d sequences, load %.1f s, embed %.1f s -> %s",
-                 model.name, len(ids), loaded - started, time.perf_counter() - loaded, out)
-        del model

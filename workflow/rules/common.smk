@@ -208,12 +208,19 @@ def endpoint_file(slot):
     return f"{SIDECAR_DIR}/{slot}.json"
 
 
+def trust_args():
+    """The model files that the user lets be unpickled in full (config/README.md says why not to)."""
+    pins = MODELS.get("unsafe_trust_pickle_sha256") or []
+    return " ".join(f"--unsafe-trust-pickle {sha}" for sha in pins)
+
+
 def serve_args(slot):
     revision = MODELS.get("dnabert_s_revision")
     args = [
         f"--esm2 {MODELS['esm2']}",
         f"--dnabert-s {MODELS['dnabert_s']}",
         f"--dnabert-revision {revision}" if revision else "",
+        trust_args(),
         f"--device {sidecar_device(slot)}",
         f"--mode {EMBED['mode']}" if EMBED.get("mode", "auto") != "auto" else "",
         # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
@@ -282,6 +289,7 @@ def sidecar_start_command(wildcards, output, resources, threads):
         f"--esm2 {MODELS['esm2']}",
         f"--dnabert-s {MODELS['dnabert_s']}",
         f"--dnabert-revision {revision}" if revision else "",
+        trust_args(),
         f"--idle-timeout {EMBED.get('idle_timeout', 3600)}",
         "--drain-timeout 10",
         f"--log logs/sidecar/{slot}.server.log",

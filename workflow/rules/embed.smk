@@ -73,8 +73,9 @@ else:
                 else ""
             ),
             device=EMBED["device"],
+            trust=trust_args(),
         shell:
             "virnucflow embed --nucleotide {input.nucleotide} --protein {input.protein} "
             "--dnabert-out {output.dnabert} --esm-out {output.esm} "
             "--esm2 {params.esm2} --dnabert-s {params.dnabert_s} {params.revision} "
-            "--device {params.device} > {log} 2>&1"
+            "{params.trust} --device {params.device} > {log} 2>&1"
