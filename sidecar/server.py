@@ -62,6 +62,7 @@ class ServeConfig:
     log_interval: float
     dedup_cache_mb: float  # per model; 0 disables deduplication
     dedup_cache_entries: int
+    unsafe_trust_pickle: tuple  # sha256s of model files that may be unpickled in full (virnucflow.safe_load)
     tcp: str = None  # "HOST:PORT"; None = local ipc socket
     secret_file: str = None
     socket_dir: str = None
@@ -82,7 +83,7 @@ class ServeConfig:
                    memory_fraction=settings.memory_fraction, threads=settings.threads,
                    drain_timeout=settings.drain_timeout, log_interval=settings.log_interval,
                    dedup_cache_mb=settings.dedup_cache_mb, dedup_cache_entries=settings.dedup_cache_entries,
-                   **listen)
+                   unsafe_trust_pickle=settings.unsafe_trust_pickle, **listen)
 
 
 class ModelStats:
@@ -214,7 +215,8 @@ class Server:
                 backend = backends.make_backend(
                     name, source, device=self.device, revision=revision, mode=self.cfg.mode,
                     cache_bytes=int(self.cfg.dedup_cache_mb * 2**20), cache_entries=self.cfg.dedup_cache_entries,
-                    max_batch_tokens=self.batcher.model_batch_tokens.get(name, self.cfg.max_batch_tokens))
+                    max_batch_tokens=self.batcher.model_batch_tokens.get(name, self.cfg.max_batch_tokens),
+                    trusted=self.cfg.unsafe_trust_pickle)
                 backend.load()
                 log.info("loaded %s from %s: %s, dim %d, %s mode, %.2f s", name, source, backend.name, backend.dim,
                          self.cfg.mode, backend.load_seconds)
@@ -225,7 +227,7 @@ class Server:
             self.last_activity = time.monotonic()
             log.info("ready on %s after %.2f s (endpoint %s)", self.device, time.monotonic() - start, self.endpoint)
         except BaseException as exc:  # a broken model or device: say why, then exit after FAILED_LINGER
-            self.load_error = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:500]
+            self.load_error = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:1000]
             self.state = protocol.FAILED
             self.loaded.set()
             log.error("model loading failed: %s", self.load_error)

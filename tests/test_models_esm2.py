@@ -1,7 +1,6 @@
 """ESM-2: real-format tiny checkpoint, offline loading, exact embedding vs fair-esm's own forward."""
 
 import argparse
-import types
 import warnings
 
 import esm
@@ -145,11 +144,3 @@ def test_bad_paths_and_files_are_input_errors(checkpoint, tmp_path):
     with pytest.raises(InputError, match="missing.*layers.0.fc1.bias"):
         load_esm2(str(tmp_path / "esm2_cut.pt"))
 
-
-def test_other_pickled_classes_fall_back_with_a_warning(checkpoint, model, tmp_path):
-    data = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    data["cfg"]["task"] = types.SimpleNamespace(name="masked_lm")
-    torch.save(data, tmp_path / "esm2_extra.pt")
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        loaded = load_esm2(str(tmp_path / "esm2_extra.pt"))
-    np.testing.assert_array_equal(loaded.embed(PROTEINS[:1]), model.embed(PROTEINS[:1]))

@@ -46,9 +46,7 @@ import csv
 import hashlib
 import io
 import logging
-import re
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -58,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from virnucflow import safe_load
 from virnucflow.atomic import atomic_path
 from virnucflow.errors import InputError
 from virnucflow.features import MERGED_DIM, load_merged
@@ -112,8 +111,6 @@ _MODULE_GLOBALS = [
     nn.ReLU,
     nn.Dropout,
 ]
-# safe_globals edits a process-wide set and removes its entries on exit: serialise our loads.
-_UNPICKLE_LOCK = threading.Lock()
 _CHILDREN = {"hidden_layer": nn.Linear, "bn1": nn.BatchNorm1d, "output_layer": nn.Linear, "dropout": nn.Dropout}
 
 
@@ -141,19 +138,17 @@ def _first_line(exc):
 
 def _unpickle(path):
     try:
-        with _UNPICKLE_LOCK, torch.serialization.safe_globals(_MODULE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_load.load(
+            path, allowed=_MODULE_GLOBALS,
+            needs="a VirNucPro classifier holds only tensors and the MLPClassifier's torch.nn modules",
+            fix="if you trust this file, re-save its state_dict() and pass that")
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"{path}: classifier file not found; pass the 300_model.pth or 500_model.pth you downloaded") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not a classifier file; pass the .pth file itself") from None
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        refused = re.search(r"GLOBAL (\S+)", str(exc))
-        if refused:
-            raise InputError(
-                f"{path}: refused to unpickle {refused.group(1)}, which the MLP classifier does not need; "
-                "if you trust this file, re-save its state_dict() and pass that"
-            ) from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for bad files
         raise InputError(f"{path}: not a readable classifier file ({_first_line(exc)}); pass an original .pth or a state dict") from None
 
 

@@ -1,7 +1,8 @@
-"""In-process embedding of one part, as the original does it: load each model, embed, free it.
+"""In-process embedding of one part, as the original does it: this process loads the models and embeds.
 
 Runs the exact numerics (fp32, one sequence per forward); the packed fp16 `fast` mode exists only in the
 sidecar, so a run that asks for fast mode without a sidecar is refused rather than silently made exact.
+Every model is loaded before any embeds, so that a bad model file fails the job at once.
 """
 
 import logging
@@ -22,26 +23,26 @@ def embed_in_process(settings, parts):
     device = resolve_device(settings.device)
     if settings.resolved_mode(device) != "exact":
         raise InputError("fast mode runs only in a sidecar; without one (embedding.sidecar: false) use mode exact")
-    loaders = {
-        "dnabert_s": lambda: load_dnabert_s(settings.dnabert_s, settings.dnabert_revision, device=device,
-                                            trusted_sha256=settings.unsafe_trust_pickle),
-        "esm2": lambda: load_esm2(settings.esm2, device=device, trusted_sha256=settings.unsafe_trust_pickle),
-    }
-    arrays, names = {}, {}
-    for model_name, (ids, seqs) in parts.items():
+    for model_name in parts:
         if not getattr(settings, model_name):
             raise InputError(f"--{model_name.replace('_', '-')} is needed to embed in this process")
+    trusted = settings.unsafe_trust_pickle
+    loaders = {
+        "dnabert_s": lambda: load_dnabert_s(settings.dnabert_s, settings.dnabert_revision, device=device,
+                                            trusted=trusted),
+        "esm2": lambda: load_esm2(settings.esm2, device=device, trusted=trusted),
+    }
+    started = time.perf_counter()
+    models = {name: loaders[name]() for name in parts}
+    log.info("models loaded in %.1f s", time.perf_counter() - started)
+    arrays = {}
+    for name, (ids, seqs) in parts.items():
         started = time.perf_counter()
-        model = loaders[model_name]()
-        loaded = time.perf_counter()
-        arrays[model_name] = model.embed(seqs)
-        names[model_name] = model.name
-        log.info("%s: %d sequences, load %.1f s, embed %.1f s", model.name, len(ids), loaded - started,
-                 time.perf_counter() - loaded)
-        del model
+        arrays[name] = models[name].embed(seqs)
+        log.info("%s: %d sequences, embed %.1f s", models[name].name, len(ids), time.perf_counter() - started)
     fingerprints = model_fingerprints(settings.esm2 if "esm2" in parts else None,
                                       settings.dnabert_s if "dnabert_s" in parts else None, settings.dnabert_revision)
     served = {"mode": "exact", "device": device, "gpu_name": gpu_name(device), "fingerprints": fingerprints,
-              "models": {m: {"source": getattr(settings, m), "name": names[m]} for m in parts},
+              "models": {name: {"source": getattr(settings, name), "name": models[name].name} for name in parts},
               "versions": package_versions()}
     return arrays, part_record("in-process", served)

@@ -1,8 +1,9 @@
 """Per-file embedding matrices as `.npz`: `ids` (numpy unicode array) and `data` (float32 [N, D]).
 
-Imports only numpy and the standard library (plus virnucflow.atomic / .errors, which import
-nothing else), because the torch-free client process writes these files. Loading never
-unpickles (`allow_pickle=False`).
+Imports only numpy and the standard library (plus virnucflow.atomic / .errors / .pickle_globals,
+which import nothing else), because the torch-free client process writes these files. Loading
+never unpickles (`allow_pickle=False`); a file with a pickled object array is refused, naming the
+globals its pickle names.
 """
 
 import zipfile
@@ -11,6 +12,7 @@ import numpy as np
 
 from virnucflow.atomic import atomic_path
 from virnucflow.errors import InputError
+from virnucflow.pickle_globals import pickle_globals
 
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
@@ -18,6 +20,31 @@ _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 def _unreadable(path, exc):
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return InputError(f"{path}: cannot read embedding file ({reason}); regenerate it")
+
+
+def _object_array_globals(path, name):
+    """The non-numpy globals that the pickle of object array `name` names, read statically; None if it is
+    not an object array."""
+    headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
+            read_header = headers.get(np.lib.format.read_magic(handle))
+            if read_header is None or not read_header(handle)[2].hasobject:
+                return None
+            found = pickle_globals(handle.read())
+    except (*_READ_ERRORS, KeyError):
+        return None
+    return [g for g in found if not g.startswith(("numpy.", "_codecs."))]
+
+
+def _refused(path, name, exc):
+    """A one-line error for a member that numpy refused to unpickle, naming what its pickle names."""
+    found = _object_array_globals(path, name)
+    if found is None:
+        return _unreadable(path, exc)
+    named = f" naming {', '.join(found[:3])}" if found else ""
+    return InputError(f"{path}: refused to unpickle '{name}', a pickled object array{named}: an embedding file "
+                      "holds only strings and floats and is never unpickled, which could run code; regenerate it")
 
 
 def save_embeddings(path, ids, array):
@@ -47,10 +74,13 @@ def load_embeddings(path):
     with loaded:
         if set(loaded.files) != {"ids", "data"}:
             raise InputError(f"{path}: not an embedding file (expected exactly 'ids' and 'data', found {sorted(loaded.files)}); regenerate it")
-        try:
-            ids, data = loaded["ids"], loaded["data"]
-        except _READ_ERRORS as exc:
-            raise _unreadable(path, exc) from None
+        arrays = {}
+        for name in ("ids", "data"):
+            try:
+                arrays[name] = loaded[name]
+            except _READ_ERRORS as exc:
+                raise _refused(path, name, exc) from None
+        ids, data = arrays["ids"], arrays["data"]
     if ids.ndim != 1 or ids.dtype.kind != "U":
         raise InputError(f"{path}: 'ids' must be a 1-D unicode array; regenerate the file")
     if data.ndim != 2 or data.dtype.kind != "f" or data.shape[0] != ids.shape[0]:

@@ -17,15 +17,17 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from virnucflow.errors import InputError
+from virnucflow.safe_load import TRUST_KEY, sha256_pin
 
 MODES = ("exact", "fast")
 SERVE, CLIENT, IN_PROCESS = "serve", "client", "in_process"
 MODEL_SCOPES = (SERVE, CLIENT, IN_PROCESS)  # a client checks that its sidecar serves these models
 
 
-def _setting(default, help, config=None, scopes=(SERVE,), metavar=None, choices=None, kind=None):
-    """A dataclass field with its command line help, config key ("section.key") and the commands taking it."""
-    return field(default=default, metadata={"help": help, "config": config, "scopes": scopes,
+def _setting(default, help, config=None, scopes=(SERVE,), metavar=None, choices=None, kind=None, many=False):
+    """A dataclass field with its command line help, config key ("section.key") and the commands taking it.
+    `many`: a tuple of values, given as a list in the config and as a repeated option."""
+    return field(default=default, metadata={"help": help, "config": config, "scopes": scopes, "many": many,
                                             "metavar": metavar, "choices": choices, "kind": kind})
 
 
@@ -62,6 +64,10 @@ class EmbeddingSettings:
     drain_timeout: float = _setting(30.0, "on stop, seconds to finish queued work before rejecting it",
                                     "embedding.drain_timeout", metavar="S", kind=float)
     log_interval: float = _setting(30.0, "seconds between throughput log lines", None, metavar="S", kind=float)
+    unsafe_trust_pickle: tuple = _setting((), "DANGEROUS: fully unpickle a model file that the safe loader refuses "
+                                          "if its sha256 is this one; that runs any code the file carries. Only for "
+                                          "a file you trust (repeatable)", TRUST_KEY, (SERVE, IN_PROCESS), "SHA256",
+                                          kind=sha256_pin, many=True)
     ready_timeout: float = _setting(1800.0, "seconds a client waits for the sidecar's models to load",
                                     "embedding.ready_timeout", (CLIENT,), "S", kind=float)
 
@@ -125,15 +131,18 @@ class EmbeddingSettings:
                 continue
             default = "" if f.default is None else f" (default {f.default:g})" if isinstance(f.default, float) \
                 else f" (default {f.default})"
+            if meta["many"]:
+                default = ""
             group.add_argument(_flag(f), dest=f.name, default=None, metavar=meta["metavar"],
-                               choices=meta["choices"], type=meta["kind"], help=meta["help"] + default)
+                               choices=meta["choices"], type=meta["kind"], help=meta["help"] + default,
+                               action="append" if meta["many"] else "store")
         return group
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> "EmbeddingSettings":
         values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
                   if getattr(ns, f.name, None) is not None}
-        return cls(**values)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def to_args(self, scope: str) -> list[str]:
         """The options of the commands in `scope` whose values differ from the defaults."""
@@ -141,7 +150,8 @@ class EmbeddingSettings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if scope in f.metadata["scopes"] and value is not None and value != f.default:
-                args += [_flag(f), str(value)]
+                for item in value if f.metadata["many"] else [value]:
+                    args += [_flag(f), str(item)]
         return args
 
 
@@ -150,13 +160,22 @@ def _flag(f) -> str:
 
 
 def _convert(f, value, where):
-    kind = f.metadata["kind"]
+    if not f.metadata["many"]:
+        return _convert_one(f.metadata, value, where)
+    if not isinstance(value, list):
+        raise InputError(f"{where}: give a list, not {value!r}")
+    return tuple(_convert_one(f.metadata, item, where) for item in value)
+
+
+def _convert_one(meta, value, where):
+    kind = meta["kind"]
     try:
         if kind is int and (isinstance(value, bool) or float(value) != int(value)):
             raise ValueError
         converted = kind(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: {value!r} is not a {kind.__name__}") from None
-    if f.metadata["choices"] and converted not in f.metadata["choices"]:
-        raise InputError(f"{where}: {value!r} is not one of {', '.join(f.metadata['choices'])}")
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        what = f"a {kind.__name__}" if isinstance(kind, type) else f"valid ({exc})"
+        raise InputError(f"{where}: {value!r} is not {what}") from None
+    if meta["choices"] and converted not in meta["choices"]:
+        raise InputError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
     return converted

@@ -12,6 +12,7 @@ the same ids in the same order, and a merged file whose ids and rows differ in n
 import numpy as np
 import torch
 
+from virnucflow import safe_load
 from virnucflow.atomic import atomic_path
 from virnucflow.embedding_files import load_embeddings
 from virnucflow.errors import InputError
@@ -59,7 +60,10 @@ def save_merged(path, merged):
 def load_merged(path):
     """Read a merged feature file (ours or the original's) without unpickling anything but tensors and lists."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_load.load(path, needs="a merged feature file holds only ids and a tensor",
+                             fix="rerun the merge step")
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"{path}: merged feature file not found; check the path or rerun the merge step") from None
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files

@@ -97,7 +97,7 @@ class Backend:
     key = None  # protocol model name
 
     def __init__(self, source, device="cpu", revision=None, mode="exact", cache_bytes=0, cache_entries=None,
-                 max_batch_tokens=65536):
+                 max_batch_tokens=65536, trusted=()):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (use {' or '.join(MODES)})")
         self.source = source
@@ -105,6 +105,7 @@ class Backend:
         self.revision = revision
         self.mode = mode
         self.max_batch_tokens = max_batch_tokens
+        self.trusted = tuple(trusted)  # sha256s of model files that may be unpickled in full
         from ..cache import EmbeddingCache
 
         self.cache = EmbeddingCache(cache_bytes, cache_entries)

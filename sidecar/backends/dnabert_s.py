@@ -11,8 +11,8 @@ class DnabertSBackend(Backend):
         from virnucflow.models.dnabert_s import load_dnabert_s
 
         if self.mode == "exact":
-            return load_dnabert_s(self.source, revision=self.revision, device=self.device)
+            return load_dnabert_s(self.source, revision=self.revision, device=self.device, trusted=self.trusted)
         from virnucflow.models.mosaicbert_fast import FastDnabertS
 
-        return FastDnabertS(load_dnabert_s(self.source, revision=self.revision, device="cpu"),
+        return FastDnabertS(load_dnabert_s(self.source, revision=self.revision, device="cpu", trusted=self.trusted),
                             device=self.device, max_batch_tokens=self.max_batch_tokens)

@@ -12,8 +12,8 @@ class Esm2Backend(Backend):
         from virnucflow.models.esm2 import load_esm2
 
         if self.mode == "exact":
-            return load_esm2(self.source, device=self.device)
+            return load_esm2(self.source, device=self.device, trusted=self.trusted)
         from virnucflow.models.esm2_fast import FastEsm2
 
-        return FastEsm2(load_esm2(self.source, device="cpu"), device=self.device,
+        return FastEsm2(load_esm2(self.source, device="cpu", trusted=self.trusted), device=self.device,
                         max_batch_tokens=self.max_batch_tokens)

@@ -91,14 +91,17 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
         ) from error
 
 
-def load_dnabert_s(source: str, revision: str | None = None, device: str = "cpu") -> DnabertS:
-    """Load from a local directory or an (offline-cached) hub id such as zhihan1996/DNABERT-S."""
+def load_dnabert_s(source: str, revision: str | None = None, device: str = "cpu", trusted=()) -> DnabertS:
+    """Load from a local directory or an (offline-cached) hub id such as zhihan1996/DNABERT-S.
+
+    trusted: sha256s of pytorch_model.bin files that may be unpickled in full (see virnucflow.safe_load).
+    """
     directory = resolve_source(source, revision)
     for needed in ("config.json", "tokenizer.json"):
         if not (directory / needed).is_file():
             raise InputError(f"DNABERT-S model {source}: {needed} missing in {directory}")
     try:
-        model = load_mosaicbert(directory, device=device)
+        model = load_mosaicbert(directory, device=device, trusted=trusted)
     except (FileNotFoundError, ValueError) as error:
         raise InputError(f"DNABERT-S model {source}: {error}") from error
     return DnabertS(model, load_tokenizer(directory / "tokenizer.json"), source, device)

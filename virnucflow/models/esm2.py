@@ -14,30 +14,31 @@ Exact mode here runs ONE protein per forward (the original's padded batches make
 vector depend slightly on its batch mates: fair-esm issue 273), fp32, same slice and mean.
 
 Loading: `esm.pretrained.load_model_and_alphabet_local` fails on torch >= 2.6 and wants a
-contact-regression file, so the checkpoint is read here with `torch.load(weights_only=True)`,
-allowing `argparse.Namespace` (the real files pickle `cfg['model']` as one). If a checkpoint
-pickles any other class, loading falls back to `weights_only=False` with a warning: that runs
-the file's pickle, as fair-esm itself always did, so only load checkpoints you trust. The model
-is then built like fair-esm's `_load_model_and_alphabet_core_v2` (the ESM2 class, ESM-1b
-alphabet, 'encoder.sentence_encoder.' / 'encoder.' prefixes removed, the same key check) but on
-the meta device, and the weights are assigned after an exact upcast to fp32 (what fair-esm's
-`load_state_dict` copy does to the fp16 file), which skips ~22 s of random init for the 3B
-model. The contact head (absent without the regression file, unused here) is zero-filled.
+contact-regression file, so the checkpoint is read here with torch's weights_only unpickler
+(virnucflow.safe_load), allowing `argparse.Namespace` (the real files pickle `cfg['model']` as one).
+A checkpoint that pickles any other class or function is refused with a one-line error naming it:
+a full unpickle, which fair-esm always did, would run code from the file. Only a checkpoint whose
+sha256 the user pinned (`--unsafe-trust-pickle`, config `models.unsafe_trust_pickle_sha256`) is
+unpickled in full, after its hash matched. The model is then built like fair-esm's
+`_load_model_and_alphabet_core_v2` (the ESM2 class, ESM-1b alphabet, 'encoder.sentence_encoder.' /
+'encoder.' prefixes removed, the same key check) but on the meta device, and the weights are
+assigned after an exact upcast to fp32 (what fair-esm's `load_state_dict` copy does to the fp16
+file), which skips ~22 s of random init for the 3B model. The contact head (absent without the
+regression file, unused here) is zero-filled.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import re
-import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from virnucflow import safe_load
 from virnucflow.errors import InputError
 
 TRUNCATION_SEQ_LENGTH = 1024
@@ -92,18 +93,17 @@ def checkpoint_path(source: str) -> Path:
     return path
 
 
-def read_checkpoint(path: Path) -> dict:
-    mmap = zipfile.is_zipfile(path)
+def read_checkpoint(path: Path, trusted=()) -> dict:
+    """The checkpoint's data, unpickling only tensors and argparse.Namespace unless its sha256 is in `trusted`."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        warnings.warn(
-            f"{path} pickles more than tensors and argparse.Namespace; loading it with "
-            f"weights_only=False (runs its pickle; trust the file). {str(error).splitlines()[0]}",
-            stacklevel=3,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        return safe_load.load(
+            path, allowed=[argparse.Namespace], trusted=trusted, mmap=zipfile.is_zipfile(path),
+            needs="an ESM-2 checkpoint holds only tensors and argparse.Namespace")
+    except InputError:
+        raise
+    except Exception as error:  # torch raises RuntimeError, EOFError, ... for a damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: not a readable ESM-2 checkpoint ({reason}); fetch it again") from None
 
 
 def build_model(data: dict, where: str):
@@ -141,10 +141,13 @@ def build_model(data: dict, where: str):
     return model, alphabet
 
 
-def load_esm2(source: str, device: str = "cpu") -> Esm2:
-    """Load a fair-esm ESM-2 checkpoint (name in the torch hub cache, or .pt path); never downloads."""
+def load_esm2(source: str, device: str = "cpu", trusted=()) -> Esm2:
+    """Load a fair-esm ESM-2 checkpoint (name in the torch hub cache, or .pt path); never downloads.
+
+    trusted: sha256s of checkpoints that may be unpickled in full (see virnucflow.safe_load).
+    """
     path = checkpoint_path(source)
-    model, alphabet = build_model(read_checkpoint(path), str(path))
+    model, alphabet = build_model(read_checkpoint(path, trusted), str(path))
     model = model.to(device).eval().requires_grad_(False)
     return Esm2(model, alphabet, path.stem, device)
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from virnucflow import safe_load
+from virnucflow.errors import InputError
 
 _IGNORED_PREFIXES = ("pooler.", "cls.")
 
@@ -179,8 +183,12 @@ class MosaicBert(nn.Module):
         return x
 
 
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors, else pytorch_model.bin (tensors only), keys without `bert.`."""
+def read_state_dict(directory: Path, trusted=()) -> dict[str, torch.Tensor]:
+    """model.safetensors, else pytorch_model.bin, keys without `bert.`.
+
+    The .bin is unpickled with torch's weights_only unpickler (tensors only) unless its sha256 is in
+    `trusted` (see virnucflow.safe_load); a refusal is an InputError.
+    """
     safetensors_file = directory / "model.safetensors"
     bin_file = directory / "pytorch_model.bin"
     if safetensors_file.is_file():
@@ -188,9 +196,17 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
 
         raw = load_file(str(safetensors_file))
     elif bin_file.is_file():
-        raw = torch.load(bin_file, map_location="cpu", weights_only=True)
+        try:
+            raw = safe_load.load(bin_file, trusted=trusted, needs="a pytorch_model.bin holds only tensors")
+        except InputError:
+            raise
+        except Exception as error:  # torch raises RuntimeError, EOFError, ... for a damaged file
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{bin_file} is not a readable weights file ({reason})") from None
     else:
         raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {directory}")
+    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise ValueError(f"{bin_file} holds a {type(raw).__name__}, not a state dict of tensors")
     state = {}
     for key, tensor in raw.items():
         key = key.removeprefix("bert.")
@@ -199,11 +215,11 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_mosaicbert(directory: str | Path, device: str | torch.device = "cpu") -> MosaicBert:
+def load_mosaicbert(directory: str | Path, device: str | torch.device = "cpu", trusted=()) -> MosaicBert:
     """Build from `config.json` + weights without random init; fp32, eval mode."""
     directory = Path(directory)
     config = MosaicBertConfig.from_dict(json.loads((directory / "config.json").read_text()))
-    state = {k: v.to(torch.float32) for k, v in read_state_dict(directory).items()}
+    state = {k: v.to(torch.float32) for k, v in read_state_dict(directory, trusted).items()}
     with torch.device("meta"):
         model = MosaicBert(config)
     expected = set(model.state_dict())
