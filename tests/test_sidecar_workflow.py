@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_runs import REPO, orf_workload as many_parts_config, pid_alive, snakemake, wait_for
+from workflow_runs import REPO, job_counts, orf_workload as many_parts_config, pid_alive, snakemake, wait_for
 
 pytestmark = pytest.mark.slow
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv")
@@ -37,13 +37,6 @@ def start_snakemake(workdir, *args):
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     log = open(workdir / "snakemake.out", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def job_counts(dry_run_output):
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    rows = [line.split() for line in table.splitlines()[3:]]
-    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
 
 
 def merged_count(workdir, sample="orfs"):
@@ -107,7 +100,7 @@ def test_a_failed_file_costs_only_that_file_and_a_rerun_redoes_only_it(tmp_path,
 
     part.write_bytes(good)
     plan = job_counts(snakemake(workdir, "--cores", "2", "-n").stdout)
-    assert plan["embed_via_sidecar"] == 1 and plan["merge"] == 1, plan
+    assert plan["embed"] == 1 and plan["merge"] == 1, plan
     snakemake(workdir, "--cores", "2")
     assert same_results(workdir, reference_run)
 

@@ -47,6 +47,15 @@ def snakemake(workdir, *args, config=None, timeout=600, check=True, env=None):
     return proc
 
 
+def job_counts(dry_run_output):
+    """The 'Job stats' table of a dry run as {rule: count}; {} when nothing is to be done."""
+    if "Job stats:" not in dry_run_output:
+        return {}
+    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:]]
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit() and row[0] != "total"}
+
+
 def build_report(workdir, name="report.html", config=None):
     """`snakemake --report <name>` after a run (it reads the run's metadata); returns the report's path."""
     snakemake(workdir, "--report", name, config=config)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from virnucflow.errors import InputError
 from virnucflow.safe_load import TRUST_KEY, sha256_pin
@@ -125,6 +127,8 @@ class EmbeddingSettings:
         """Declare the options of the commands in `scopes` (one scope or several) on an argparse parser."""
         scopes = {scopes} if isinstance(scopes, str) else set(scopes)
         group = parser.add_argument_group(title or "embedding settings")
+        group.add_argument("--settings-file", metavar="F", help="a JSON file of these settings (written by the "
+                           "workflow); the options given here override its values")
         for f in dataclasses.fields(cls):
             meta = f.metadata
             if not scopes & set(meta["scopes"]):
@@ -140,9 +144,32 @@ class EmbeddingSettings:
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> "EmbeddingSettings":
+        """The settings of a parsed command line: its --settings-file, overridden by the options given."""
+        base = cls.read(ns.settings_file) if getattr(ns, "settings_file", None) else cls()
         values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
                   if getattr(ns, f.name, None) is not None}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return base.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    # ---- the settings file --------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()},
+                          indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def read(cls, path) -> "EmbeddingSettings":
+        """Settings from a file written by `to_json`; a bad value is one line that names the file and key."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"settings file {path}: cannot read it ({exc.__class__.__name__}); rerun the workflow "
+                             "to write it again") from None
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields)) if isinstance(data, dict) else ["(not an object)"]
+        if unknown:
+            raise InputError(f"settings file {path}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**{k: None if v is None else _convert(fields[k], v, f"settings file {path}: {k}")
+                      for k, v in data.items()})
 
     def to_args(self, scope: str) -> list[str]:
         """The options of the commands in `scope` whose values differ from the defaults."""

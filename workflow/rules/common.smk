@@ -10,7 +10,7 @@ import shlex
 
 from snakemake.utils import validate
 
-from virnucflow.embedding_settings import CLIENT, IN_PROCESS, SERVE, EmbeddingSettings
+from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
 from virnucflow.model_check import check_classifier, check_dnabert_s, check_esm2
 
@@ -162,6 +162,9 @@ USE_SIDECAR = EMBED["sidecar"]
 EXTERNAL_ENDPOINT = EMBED.get("endpoint_file")
 SIDECAR_DIR = ".virnucflow/sidecar"
 SETTINGS = EmbeddingSettings.from_config(config)
+# The settings travel to every embedding process as this one file, an ancient() input: changing a
+# setting that does not change the vectors (a timeout, a budget) rewrites it but re-embeds nothing.
+SETTINGS_FILE = ".virnucflow/embedding_settings.json"
 
 
 @functools.cache
@@ -249,24 +252,29 @@ def endpoint_file(slot):
     return f"{SIDECAR_DIR}/{slot}.json"
 
 
-def slot_settings(slot):
-    """The settings of the sidecar (or in-process embedding) of one slot: the device is the slot's."""
-    if not USE_SIDECAR:
-        return SETTINGS
+def write_settings_file(path, text):
+    from virnucflow.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def slot_options(slot):
+    """What differs between the sidecars of one run: the device (the rest is in SETTINGS_FILE)."""
     if on_slurm():  # the sidecar job's script picks the device: its one GPU (cuda:0), else the CPU
-        return SETTINGS.replace(device="auto", drain_timeout=10.0)
-    return SETTINGS.replace(device=sidecar_device(slot))
+        return ["--drain-timeout 10"]
+    return [f"--device {sidecar_device(slot)}"]
 
 
 def serve_args(slot):
-    """`sidecar serve` options of a locally started sidecar."""
+    """`sidecar serve` options of a sidecar that this run starts: the settings file and the slot's device."""
     # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
-    # it is gone, however the run ends (kill -9 included). Not a param, so it triggers no rerun.
-    args = slot_settings(slot).to_args(SERVE) + [
-        "--watch-pid $PPID",
-        f"--log logs/sidecar/{slot}.server.log",
-    ]
-    return " ".join(args)
+    # it is gone, however the run ends (kill -9 included).
+    return " ".join(
+        [f"--settings-file {SETTINGS_FILE}"]
+        + slot_options(slot)
+        + ["--watch-pid $PPID", f"--log logs/sidecar/{slot}.server.log"]
+    )
 
 
 def embedding_identity(wildcards):
@@ -274,10 +282,10 @@ def embedding_identity(wildcards):
     and merge rules, so that changing either re-embeds (merged files outlive the temp() embeddings).
     The demo's models are made by the workflow itself, so their file times already say when they change.
     """
-    slot = slot_of(wildcards) if USE_SIDECAR else "cpu"
-    settings = slot_settings(slot)
-    device = settings.device if USE_SIDECAR else "auto"
-    mode = settings.resolved_mode(device) if device != "auto" else settings.mode
+    device = SETTINGS.device
+    if USE_SIDECAR and not (EXTERNAL_ENDPOINT or on_slurm()):
+        device = sidecar_device(slot_of(wildcards))
+    mode = SETTINGS.resolved_mode(device) if device != "auto" else SETTINGS.mode
     if config["demo_models"]:
         models = {"esm2": SETTINGS.esm2, "dnabert_s": SETTINGS.dnabert_s}
     else:
@@ -296,29 +304,27 @@ def sidecar_inputs(wildcards):
 
 
 def embed_args(wildcards):
-    """The options of `virnucflow embed` for one part: the transport, and the settings that the
-    sidecar must serve (a client refuses one that serves other models or another mode).
-    Each client first makes sure its sidecar lives, so a rerun, or a retry after a sidecar died,
-    starts a fresh one. A sidecar started by hand (endpoint_file) is only used, never started;
-    nor is one under SLURM, where a client runs on a CPU node and its sidecar is a GPU job.
+    """How `virnucflow embed` reaches its models for one part; the settings come from SETTINGS_FILE,
+    which also tells the client what its sidecar must serve (it refuses other models or another mode).
+    These options are params: they change only when the run's sidecars do. Each client first makes
+    sure its sidecar lives, so a rerun, or a retry after a sidecar died, starts a fresh one. A sidecar
+    started by hand (endpoint_file) is only used, never started; nor is one under SLURM, where a
+    client runs on a CPU node and its sidecar is a GPU job.
     """
     if not USE_SIDECAR:
-        return "--transport in-process " + " ".join(SETTINGS.to_args(IN_PROCESS))
+        return "--transport in-process"
     slot = slot_of(wildcards)
-    args = ["--transport sidecar", f"--endpoint-file {endpoint_file(slot)}"]
+    args = f"--transport sidecar --endpoint-file {endpoint_file(slot)}"
     if EXTERNAL_ENDPOINT or on_slurm():
-        args += slot_settings(slot).to_args(CLIENT)
-    else:
-        args += ["--ensure", serve_args(slot)]
-        args += [a for a in slot_settings(slot).to_args(CLIENT) if a not in serve_args(slot).split()]
-    return " ".join(args)
+        return args
+    return f"{args} --ensure {serve_args(slot)}"
 
 
 def sidecar_rule_inputs(wildcards):
     """Under SLURM the sidecar job waits for every sample's parts: its GPU is not held during the
     preparation, and all per-file jobs are known when it starts, so that the temp() endpoint is
     removed (and the sidecar job ends) only after the last of them."""
-    inputs = model_files()
+    inputs = dict(model_files(), settings=ancient(SETTINGS_FILE))
     if on_slurm():
         inputs.update({f"parts_{s}": f"results/{s}/parts" for s in SAMPLES})
     return inputs
@@ -355,5 +361,6 @@ def sidecar_start_command(wildcards, output, resources, threads):
         f"--endpoint-file {output} --job-name virnucflow-sidecar-{slot} "
         f"--output logs/sidecar/{slot}.slurm.log --device {'cpu' if slot == 'cpu' else 'auto'} "
         f"--sbatch-args {shlex.quote(sbatch_args(resources, threads))} -- "
-        + " ".join(slot_settings(slot).to_args(SERVE) + [f"--log logs/sidecar/{slot}.server.log"])
+        + " ".join([f"--settings-file {SETTINGS_FILE}"] + slot_options(slot))
+        + f" --log logs/sidecar/{slot}.server.log"
     )

@@ -3,6 +3,22 @@
 # both models (docs/architecture.md says why it is started this way); otherwise each job loads them.
 
 
+rule embedding_settings:
+    # Every embedding setting of the run (models, mode, device, budgets, timeouts) as one file; its
+    # params make it follow the config, and its readers take it as ancient() (see common.smk).
+    output:
+        SETTINGS_FILE,
+    log:
+        "logs/embedding_settings.log",
+    localrule: True
+    params:
+        settings=SETTINGS.to_json(),
+    run:
+        with open(log[0], "w") as handle:
+            handle.write(f"embedding settings written to {output[0]}\n")
+        write_settings_file(output[0], params.settings)
+
+
 if USE_SIDECAR and not EXTERNAL_ENDPOINT:
 
     rule sidecar:
@@ -31,6 +47,7 @@ rule embed:
     input:
         unpack(sidecar_inputs),
         unpack(lambda wc: {} if USE_SIDECAR else model_files()),
+        settings=ancient(SETTINGS_FILE),
         nucleotide="results/{sample}/parts/output_{k}.fa",
         protein="results/{sample}/parts/output_{k}.faa",
     output:
@@ -50,7 +67,7 @@ rule embed:
         args=embed_args,
         identity=embedding_identity,
     shell:
-        "virnucflow embed {params.args} "
+        "virnucflow embed {params.args} --settings-file {input.settings} "
         "--nucleotide {input.nucleotide} --protein {input.protein} "
         "--dnabert-out {output.dnabert} --esm-out {output.esm} "
         "--provenance-out {output.provenance} > {log} 2>&1"

@@ -1,0 +1,134 @@
+"""What runs is what the user configured, and every result says what produced it (real snakemake runs).
+
+One run on real model files (tiny, made in the real formats, not the demo's workflow-made ones), then:
+its run_info.json; dry runs that show exactly what each kind of change reruns; a real rerun after the
+ESM-2 checkpoint changed; a sidecar that serves other models or another mode refused by the client.
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from virnucflow.classifier import write_random_classifier
+from virnucflow.models.esm2 import write_tiny_esm2_checkpoint
+from workflow_runs import DEMO_DATA, job_counts, snakemake, write_config
+
+EMBED_RULES = {"split_parts", "embed", "merge"}  # the parts are temp(): a re-embed splits again
+CLASSIFY_ON = {"classify", "run_info", "contig_calls", "score_tracks", "report_plots", "all"}
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(demo_models, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("provenance")
+    models = workdir / "models"
+    shutil.copytree(demo_models, models)
+    config = write_config(
+        workdir, demo_models=False,
+        models={"esm2": str(models / "esm2_t2_demo.pt"), "dnabert_s": str(models / "dnabert_s_demo"),
+                "classifiers": {"300": str(models / "300_model.pth"), "500": str(models / "500_model.pth")}},
+    )
+    (workdir / "samples.tsv").write_text(f"sample\tfasta\nphage_mix\t{DEMO_DATA / 'phage_mix.fa'}\n")
+    snakemake(workdir, "--cores", "2")
+    return workdir, config, models
+
+
+def plan(workdir, config, **changes):
+    """The rules a dry run would run after `changes` to the config (the config is restored after)."""
+    original = config.read_text()
+    try:
+        if changes:
+            write_config(workdir, **changes)
+            (workdir / "samples.tsv").write_text(f"sample\tfasta\nphage_mix\t{DEMO_DATA / 'phage_mix.fa'}\n")
+        return set(job_counts(snakemake(workdir, "--cores", "2", "-n").stdout))
+    finally:
+        config.write_text(original)
+
+
+@pytest.mark.workflow
+def test_run_info_says_what_produced_the_results(run):
+    workdir, _, models = run
+    info = json.loads((workdir / "results" / "phage_mix" / "run_info.json").read_text())
+    assert info["embedding"]["fingerprints"]["esm2"] == sha256(models / "esm2_t2_demo.pt")
+    assert len(info["embedding"]["fingerprints"]["dnabert_s"]) == 64
+    assert info["classifier"]["sha256"] == sha256(models / "500_model.pth")
+    assert info["embedding"]["mode"] == "exact" and info["embedding"]["transport"] == "sidecar"
+    assert info["embedding"]["devices"] == {"device": "cpu", "gpu_name": None}
+    assert info["versions"]["torch"] == torch.__version__ and info["versions"]["snakemake"]
+    assert info["embedding"]["versions"]["fair-esm"] == "2.0.0"
+    assert info["chunk_size"] == 500 and info["ended_at"] and info["virnucflow"]["version"]
+    header = (workdir / "results" / "phage_mix" / "prediction_results.txt").read_text().splitlines()[0]
+    assert header == "Sequence_ID\tPrediction\tscore1\tscore2"  # the original's outputs stay as they were
+
+
+@pytest.mark.workflow
+def test_each_change_reruns_exactly_what_it_affects(run, tmp_path):
+    workdir, config, models = run
+    assert plan(workdir, config) == set()  # nothing changed: nothing to do
+    assert plan(workdir, config, report={"top_contigs": 3}) == {"score_tracks", "all"}
+    other = write_random_classifier(tmp_path / "500_other.pth", input_dim=96, seed=7) and tmp_path / "500_other.pth"
+    classifiers = {"300": str(models / "300_model.pth"), "500": str(other)}
+    assert plan(workdir, config, models={"classifiers": classifiers}) == CLASSIFY_ON
+    assert plan(workdir, config, embedding={"mode": "fast"}) == EMBED_RULES | CLASSIFY_ON
+    assert plan(workdir, config, embedding={"sidecar": False}) == CLASSIFY_ON  # same models, same exact mode
+    assert {"chunk", "translate"} <= plan(workdir, config, chunk_size=300)
+
+
+@pytest.mark.workflow
+def test_a_changed_checkpoint_re_embeds_and_the_results_say_so(run):
+    workdir, config, models = run
+    chunked = workdir / "results" / "phage_mix" / "chunked.fa"
+    before = chunked.stat().st_mtime_ns
+    write_tiny_esm2_checkpoint(models / "esm2_t2_demo.pt", seed=5)  # a new checkpoint at the same path
+    assert plan(workdir, config) == EMBED_RULES | CLASSIFY_ON
+    snakemake(workdir, "--cores", "2")
+    info = json.loads((workdir / "results" / "phage_mix" / "run_info.json").read_text())
+    assert info["embedding"]["fingerprints"]["esm2"] == sha256(models / "esm2_t2_demo.pt")
+    assert chunked.stat().st_mtime_ns == before
+    assert plan(workdir, config) == set()
+
+
+def _embed(workdir, endpoint, esm2, dnabert, *extra):
+    part = workdir / "part"
+    part.mkdir(exist_ok=True)
+    (part / "p.fa").write_text(">a\nATGAAAGTTCTG\n")
+    (part / "p.faa").write_text(">a\nMKVL\n")
+    return subprocess.run(
+        [sys.executable, "-m", "virnucflow", "embed", "--transport", "sidecar", "--endpoint-file", str(endpoint),
+         "--esm2", str(esm2), "--dnabert-s", str(dnabert), "--nucleotide", str(part / "p.fa"),
+         "--protein", str(part / "p.faa"), "--dnabert-out", str(part / "a.npz"), "--esm-out", str(part / "b.npz"),
+         *extra], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.process
+def test_a_sidecar_with_other_models_or_mode_is_refused(demo_models, tmp_path):
+    other = write_tiny_esm2_checkpoint(tmp_path / "esm2_t2_other.pt", seed=3)
+    endpoint = tmp_path / "shared.json"
+    server = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--endpoint-file", str(endpoint),
+                               "--esm2", str(demo_models / "esm2_t2_demo.pt"),
+                               "--dnabert-s", str(demo_models / "dnabert_s_demo"), "--device", "cpu"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ok = _embed(tmp_path, endpoint, demo_models / "esm2_t2_demo.pt", demo_models / "dnabert_s_demo")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads((tmp_path / "part" / "a.npz").exists() and "{}" or "{}") == {}
+        (tmp_path / "part" / "a.npz").unlink()
+        wrong_model = _embed(tmp_path, endpoint, other, demo_models / "dnabert_s_demo")
+        assert wrong_model.returncode == 1 and len(wrong_model.stderr.strip().splitlines()) == 1
+        assert f"esm2 sha256 {sha256(demo_models / 'esm2_t2_demo.pt')[:12]}" in wrong_model.stderr
+        assert f"asks for sha256 {sha256(other)[:12]}" in wrong_model.stderr
+        wrong_mode = _embed(tmp_path, endpoint, demo_models / "esm2_t2_demo.pt", demo_models / "dnabert_s_demo",
+                            "--mode", "fast")
+        assert wrong_mode.returncode == 1 and "exact mode but this run asks for fast mode" in wrong_mode.stderr
+        assert not (tmp_path / "part" / "a.npz").exists()  # nothing written when refused
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
