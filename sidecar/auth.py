@@ -10,51 +10,43 @@ Anyone holding the file can act as server or client; the server admits only the 
 
 import json
 import os
-import stat
-import tempfile
 from pathlib import Path
 
 import zmq
 
+from . import safe_files
+
+WHAT = "secret file"
+
 
 class SecretError(Exception):
-    """The secret file is missing, malformed or too open (one-line message)."""
+    """The secret file is missing, malformed, too open or not this user's (one-line message)."""
 
 
 def create(path):
     """Write a fresh secret file (mode 0600, atomic) and return its keys."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _, server_secret = zmq.curve_keypair()
     _, client_secret = zmq.curve_keypair()
     body = {"mechanism": "curve", "server_secret_key": server_secret.decode("ascii"),
             "client_secret_key": client_secret.decode("ascii")}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mkstemp: 0600
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(body, handle)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    safe_files.replace_text(path, json.dumps(body) + "\n", WHAT)
     return load(path)
 
 
 def load(path):
-    """Read a secret file; returns a dict of z85 (bytes) keys: server_secret/public, client_secret/public."""
+    """Read a secret file (this user's, mode 0600, not a link); returns a dict of z85 (bytes) keys:
+    server_secret/public, client_secret/public."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
-        body = json.loads(path.read_text())
+        body = json.loads(safe_files.read_text(path, WHAT, forbidden=safe_files.PRIVATE))
     except FileNotFoundError:
         raise SecretError(f"secret file {path} does not exist") from None
     except PermissionError:
         raise SecretError(f"secret file {path} is not readable by this user") from None
     except ValueError:
         raise SecretError(f"secret file {path} is not a sidecar secret file (not JSON)") from None
-    if stat.S_IMODE(mode) & 0o077:
-        raise SecretError(f"secret file {path} is accessible to other users; run: chmod 600 {path}")
+    except safe_files.UnsafePath as exc:
+        raise SecretError(str(exc)) from None
     try:
         if body.get("mechanism") != "curve":
             raise ValueError
@@ -69,7 +61,7 @@ def load(path):
 
 
 def load_or_create(path):
-    return load(path) if Path(path).exists() else create(path)
+    return load(path) if os.path.lexists(path) else create(path)
 
 
 def setup_server(context, sock, keys):

@@ -94,11 +94,11 @@ def main(argv=None):
 
 
 def cmd_serve(ns):
-    from . import server
+    from . import safe_files, server
 
-    if ns.log:
-        Path(ns.log).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(ns.log) if ns.log else logging.StreamHandler(sys.stderr)
+    # not logging.FileHandler: it would follow a link planted as the log
+    stream = os.fdopen(safe_files.open_append(ns.log, "log file"), "a") if ns.log else sys.stderr
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(f"%(asctime)s sidecar[{os.getpid()}] %(levelname)s %(message)s"))
     logger = logging.getLogger("sidecar")
     logger.addHandler(handler)

@@ -5,8 +5,15 @@ of a second. It waits for readiness with its own generous timeout (models may ta
 splits large inputs into several requests kept a few at a time in flight, retries BUSY with backoff,
 checks the ids of every reply, and, while it waits, watches the sidecar: a dead sidecar process, a
 refused CURVE handshake or a silent remote server ends the wait with a one-line SidecarError.
+
+It sends nothing to a server that may not be the user's own: the endpoint file must be theirs (rendezvous),
+an ipc socket and its directory too (the directory closed to others, and held open while connected so
+that it cannot be swapped after the check), and a TCP endpoint must be CURVE-authenticated: the server
+key comes from the user's own secret file (auth.load refuses one of another user), so only a server that
+holds that file completes the handshake.
 """
 
+import os
 import random
 import time
 
@@ -14,7 +21,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import auth, protocol, rendezvous
+from . import auth, protocol, rendezvous, safe_files
 
 POLL = 0.2  # seconds per wait slice; liveness is checked between slices
 
@@ -27,6 +34,10 @@ class SidecarDied(SidecarError):
     """The sidecar process went away: rerunning (or Snakemake's --retries) with a new sidecar recovers."""
 
     exit_code = 3  # what the command line exits with, so that a retry can tell this from a real error
+
+
+class SidecarNotOurs(SidecarError):
+    """The endpoint file, or the server it names, may belong to another user: never used nor replaced."""
 
 
 class SidecarClient:
@@ -52,6 +63,7 @@ class SidecarClient:
         self._context = context
         self._own_context = context is None
         self.sock = None
+        self._socket_dir_fd = None
         self.info = None
         self.models = None  # {model: {"dim", "name"}} once ready
         self.busy_replies = 0  # how often the server said BUSY (for tests and logs)
@@ -65,21 +77,19 @@ class SidecarClient:
             self.info = rendezvous.read(self.endpoint_file)
         except rendezvous.RendezvousError as exc:
             raise SidecarError(str(exc)) from None
+        except safe_files.UnsafePath as exc:
+            raise SidecarNotOurs(str(exc)) from None
+        keys = self._secret(self.info["auth"]) if self.info.get("auth") else None
+        endpoint = self._verified_endpoint()
         if self._context is None:
             self._context = zmq.Context()
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        auth_info = self.info.get("auth")
-        if auth_info:
-            secret_file = self.secret_file or auth_info.get("secret_file")
-            try:
-                auth.setup_client(sock, auth.load(secret_file))
-            except auth.SecretError as exc:
-                sock.close()
-                raise SidecarError(f"{self.describe()} needs its secret: {exc}") from None
+        if keys:
+            auth.setup_client(sock, keys)
         self.monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-        sock.connect(self.info["endpoint"])
+        sock.connect(endpoint)
         self.sock = sock
         self.poller = zmq.Poller()
         self.poller.register(sock, zmq.POLLIN)
@@ -87,6 +97,46 @@ class SidecarClient:
         self._last_heard = time.monotonic()
         self._last_check = 0.0
         return self
+
+    def _verified_endpoint(self):
+        """The address to connect to, once the server it names is known to be this user's."""
+        endpoint = str(self.info["endpoint"])
+        if endpoint.startswith("tcp://"):
+            if not self.info.get("auth"):
+                raise SidecarNotOurs(f"endpoint file {self.endpoint_file} names {endpoint} without authentication "
+                                     "(a sidecar on TCP always has a secret file); remove it")
+            return endpoint
+        if not endpoint.startswith("ipc://"):
+            raise SidecarNotOurs(f"endpoint file {self.endpoint_file} names {endpoint!r}, neither an ipc:// nor a "
+                                 "tcp:// endpoint; remove it")
+        path = endpoint[len("ipc://"):]
+        directory, name = os.path.split(path)
+        action = f"do not use the endpoint file {self.endpoint_file} that names it: remove it"
+        try:
+            fd = safe_files.open_dir(directory, "the sidecar's socket directory", action=action)
+            try:
+                safe_files.check(path, os.stat(name, dir_fd=fd, follow_symlinks=False), "the sidecar's socket",
+                                 "socket", action=action)
+            except BaseException:
+                os.close(fd)
+                raise
+        except FileNotFoundError:
+            raise SidecarDied(f"{self.describe()} is gone: its socket {path} does not exist; "
+                              "rerun / use --retries") from None
+        except safe_files.UnsafePath as exc:
+            raise SidecarNotOurs(str(exc)) from None
+        self._socket_dir_fd = fd
+        return f"ipc:///proc/self/fd/{fd}/{name}" if os.path.isdir("/proc/self/fd") else endpoint
+
+    def _secret(self, auth_info):
+        """The CURVE keys, from the user's own secret file: the server must prove it holds its server key."""
+        secret_file = self.secret_file or auth_info.get("secret_file")
+        try:
+            if not secret_file:
+                raise auth.SecretError(f"endpoint file {self.endpoint_file} names no secret file")
+            return auth.load(secret_file)
+        except auth.SecretError as exc:
+            raise SidecarError(f"{self.describe()} needs its secret: {exc}") from None
 
     def close(self):
         if self.sock is not None:
@@ -97,6 +147,9 @@ class SidecarClient:
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
+        if self._socket_dir_fd is not None:
+            os.close(self._socket_dir_fd)
+            self._socket_dir_fd = None
 
     def __enter__(self):
         return self.connect()

@@ -2,23 +2,26 @@
 
 `ensure_sidecar` is what a workflow rule or a self-healing client calls. It returns as soon as the new
 server has bound its socket and answers ping (wait="bound"), not when its models are loaded: clients do
-their own readiness wait. Standard library, pyzmq and numpy only.
+their own readiness wait. An endpoint file, lock or log that may be another user's (safe_files) is
+refused, never used nor replaced. Standard library, pyzmq and numpy only.
 """
 
 import fcntl
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import protocol, rendezvous
-from .client import SidecarClient, SidecarError
+from . import protocol, rendezvous, safe_files
+from .client import SidecarClient, SidecarError, SidecarNotOurs
 
 
 def probe(endpoint_file, timeout=5.0):
     """The pong of the live sidecar named by `endpoint_file`, or None if there is none.
 
-    Raises SidecarError when the named process runs on this host but does not answer.
+    Raises SidecarError when the named process runs on this host but does not answer, SidecarNotOurs (or
+    safe_files.UnsafePath) when the file or its server may be another user's.
     """
     try:
         info = rendezvous.read(endpoint_file)
@@ -29,6 +32,8 @@ def probe(endpoint_file, timeout=5.0):
     client = SidecarClient(endpoint_file)
     try:
         pong = client.ping(timeout=timeout)
+    except SidecarNotOurs:
+        raise
     except SidecarError as exc:
         if rendezvous.is_local(info) and rendezvous.pid_alive(info["pid"], info.get("pid_start")):
             raise SidecarError(f"{rendezvous.describe(info)} runs but does not answer ({exc}); "
@@ -42,7 +47,7 @@ def probe(endpoint_file, timeout=5.0):
 
 
 def _lock(path, timeout):
-    handle = open(path, "a")
+    handle = os.fdopen(safe_files.open_append(path, "lock file"), "a")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -76,22 +81,25 @@ def ensure_sidecar(endpoint_file, serve_args=(), watch_pid=None, wait="bound", t
     if wait not in ("bound", "ready"):
         raise ValueError("wait must be 'bound' or 'ready'")
     endpoint_file = Path(endpoint_file)
-    endpoint_file.parent.mkdir(parents=True, exist_ok=True)
-    if probe(endpoint_file) is None:
-        handle = _lock(f"{endpoint_file}.lock", timeout)
-        try:
-            if probe(endpoint_file) is None:  # nobody started one while we waited for the lock
-                _wait_gone(endpoint_file, timeout)
-                _start(endpoint_file, serve_args, watch_pid, timeout, log_file, python)
-        finally:
-            handle.close()
-    if wait == "ready":
-        client = SidecarClient(endpoint_file, ready_timeout=timeout)
-        try:
-            client.wait_ready()
-        finally:
-            client.close()
-    return rendezvous.read(endpoint_file)
+    try:
+        safe_files.make_dir(endpoint_file.parent)
+        if probe(endpoint_file) is None:
+            handle = _lock(f"{endpoint_file}.lock", timeout)
+            try:
+                if probe(endpoint_file) is None:  # nobody started one while we waited for the lock
+                    _wait_gone(endpoint_file, timeout)
+                    _start(endpoint_file, serve_args, watch_pid, timeout, log_file, python)
+            finally:
+                handle.close()
+        if wait == "ready":
+            client = SidecarClient(endpoint_file, ready_timeout=timeout)
+            try:
+                client.wait_ready()
+            finally:
+                client.close()
+        return rendezvous.read(endpoint_file)
+    except safe_files.UnsafePath as exc:
+        raise SidecarNotOurs(str(exc)) from None
 
 
 def _wait_gone(endpoint_file, timeout):
@@ -111,14 +119,16 @@ def _wait_gone(endpoint_file, timeout):
 
 def _start(endpoint_file, serve_args, watch_pid, timeout, log_file, python):
     log_file = Path(log_file or f"{endpoint_file}.log")
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     command = [python or sys.executable, "-m", "sidecar", "serve", *map(str, serve_args),
                "--endpoint-file", str(endpoint_file), "--log", str(log_file)]
     if watch_pid:
         command += ["--watch-pid", str(watch_pid)]
-    with open(log_file, "ab") as log:
+    log = safe_files.open_append(log_file, "log file")
+    try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, close_fds=True)
+    finally:
+        os.close(log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

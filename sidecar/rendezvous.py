@@ -1,16 +1,19 @@
 """The endpoint ("rendezvous") file: where a sidecar listens and which process it is; plus pid liveness.
 
 Written atomically by the server right after it binds, before any model loads; read by clients and the
-launcher. Standard library only (the torch-free client imports it).
+launcher. Only a file of this user that no one else may write is read or replaced: any other raises
+safe_files.UnsafePath, never RendezvousError, so that no caller takes it for "no sidecar here".
+Standard library only (the torch-free client imports it).
 """
 
 import json
 import os
 import socket
-import tempfile
 from pathlib import Path
 
-from . import protocol
+from . import protocol, safe_files
+
+WHAT = "endpoint file"
 
 
 class RendezvousError(Exception):
@@ -18,26 +21,13 @@ class RendezvousError(Exception):
 
 
 def write(path, info):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(info, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    safe_files.replace_text(path, json.dumps(info, indent=1, sort_keys=True) + "\n", WHAT)
 
 
 def read(path):
     path = Path(path)
     try:
-        text = path.read_text()
+        text = safe_files.read_text(path, WHAT)
     except FileNotFoundError:
         raise RendezvousError(f"no sidecar: endpoint file {path} does not exist "
                               "(start one with `sidecar serve` or `sidecar ensure`)") from None
@@ -61,8 +51,8 @@ def read(path):
 def remove_if_ours(path, pid):
     """Delete the endpoint file only if it still names `pid` (a successor may have replaced it)."""
     try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        info = json.loads(safe_files.read_text(path, WHAT))
+    except (OSError, ValueError, safe_files.UnsafePath):
         return False
     if isinstance(info, dict) and info.get("pid") == pid:
         try:

@@ -5,7 +5,8 @@ worker thread while the loop already answers `ping` with "loading" -> "ready" ->
 SIGTERM/SIGINT, a `stop` request, an orphan condition (watched pid gone, endpoint file removed or taken
 over) or the idle timeout -> drain accepted work (bounded by --drain-timeout), reject the rest, remove the
 endpoint file and socket, exit 0. The socket loop never computes, so ping/status stay responsive while
-the GPU works.
+the GPU works. An endpoint file or log that may be another user's is refused at start (safe_files), and one
+that replaces ours later stops the server.
 """
 
 import collections
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import zmq
 
-from . import auth, protocol, rendezvous
 from virnucflow.provenance import package_versions
 
+from . import auth, protocol, rendezvous, safe_files
 from .batcher import Batcher, Busy, Closed, Job
 
 log = logging.getLogger("sidecar")
@@ -132,6 +133,8 @@ class Server:
             info = rendezvous.read(self.cfg.endpoint_file)
         except rendezvous.RendezvousError:
             return
+        except safe_files.UnsafePath as exc:
+            raise StartupError(str(exc)) from None
         if not rendezvous.is_local(info) or info["pid"] == self.pid:
             return
         if rendezvous.pid_alive(info["pid"], info.get("pid_start")):
@@ -142,7 +145,11 @@ class Server:
         endpoint = str(info.get("endpoint", ""))
         if endpoint.startswith("ipc://"):
             stale = Path(endpoint[len("ipc://"):]).parent
-            if stale.name.startswith(SOCKET_PREFIX) and stale.is_dir() and stale.stat().st_uid == os.getuid():
+            try:
+                safe_files.check_path(stale, "socket directory", "directory")
+            except (OSError, safe_files.UnsafePath):
+                return
+            if stale.name.startswith(SOCKET_PREFIX):
                 shutil.rmtree(stale, ignore_errors=True)
 
     def _bind(self):
@@ -174,8 +181,7 @@ class Server:
                          "server_public_key": keys["server_public"].decode("ascii")}
         else:
             base = self.cfg.socket_dir or _default_socket_base()
-            self.socket_dir = tempfile.mkdtemp(prefix=SOCKET_PREFIX, dir=base)  # mode 0700
-            os.chmod(self.socket_dir, stat.S_IRWXU)
+            self.socket_dir = tempfile.mkdtemp(prefix=SOCKET_PREFIX, dir=base)  # new, ours, mode 0700
             path = os.path.join(self.socket_dir, "socket")
             if len(path.encode()) > 100:
                 raise StartupError(f"ipc socket path {path} is too long for the OS; use a shorter --socket-dir")
@@ -391,6 +397,8 @@ class Server:
             info = rendezvous.read(self.cfg.endpoint_file)
         except rendezvous.RendezvousError:
             return f"endpoint file {self.cfg.endpoint_file} was removed"
+        except safe_files.UnsafePath as exc:
+            return f"endpoint file replaced: {exc}"
         if info.get("pid") != self.pid:
             return f"endpoint file {self.cfg.endpoint_file} now names pid {info.get('pid')}"
         if (self.cfg.idle_timeout and self.state == protocol.READY and self.batcher.depth()["requests"] == 0

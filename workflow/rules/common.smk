@@ -187,6 +187,13 @@ def sample_fasta(wildcards):
     return SAMPLES[wildcards.sample]
 
 
+onstart:
+    # before Snakemake makes it for the first output in it: the sidecars' endpoint files, locks and
+    # secrets live there, so no other user may list it or plant files in it
+    if USE_SIDECAR and not EXTERNAL_ENDPOINT:
+        os.makedirs(SIDECAR_DIR, mode=0o700, exist_ok=True)
+
+
 def visible_gpus():
     """GPU ordinals, chosen deterministically: the config's list, else all that CUDA_VISIBLE_DEVICES
     (or nvidia-smi) shows, numbered 0..n-1 as torch will see them. Snakemake assigns no GPU ids.

@@ -9,7 +9,9 @@ The endpoint file is the `sidecar` rule's temp() output: Snakemake deletes it on
 per-file job that needs it is done, and a sidecar exits when its endpoint file is removed, so the
 SLURM job ends then. Its idle timeout and its time limit bound it when the run itself dies.
 
-Standard library only: this runs on the submit host, where Snakemake runs.
+Standard library and the torch-free sidecar.safe_files only: this runs on the submit host, where
+Snakemake runs. Like the sidecar's own files, a batch script, endpoint file or SLURM output file that may
+be another user's (a link, or not ours) is refused, never used nor replaced.
 """
 
 import argparse
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sidecar import safe_files
 
 RUNNING = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
@@ -78,13 +82,25 @@ def tail(path, n=20):
 
 def main(argv=None):
     ns = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return submit_and_wait(ns)
+    except safe_files.UnsafePath as exc:
+        print(f"slurm_sidecar: {exc}", file=sys.stderr)
+        return 1
+
+
+def submit_and_wait(ns):
     endpoint = Path(ns.endpoint_file)
-    endpoint.parent.mkdir(parents=True, exist_ok=True)
-    Path(ns.output).parent.mkdir(parents=True, exist_ok=True)
-    endpoint.unlink(missing_ok=True)  # a stale file from a dead sidecar would be taken for the new one
+    safe_files.make_dir(endpoint.parent)
+    os.close(safe_files.open_append(ns.output, "SLURM output file"))  # slurmd appends to it, following links
+    try:
+        safe_files.check_path(endpoint, "endpoint file")
+        endpoint.unlink()  # a stale file from a dead sidecar would be taken for the new one
+    except FileNotFoundError:
+        pass
     secret = endpoint.with_suffix(".secret")
     script = endpoint.with_suffix(".sbatch")
-    script.write_text(batch_script(ns, endpoint, secret))
+    safe_files.replace_text(script, batch_script(ns, endpoint, secret), "batch script")
     cmd = ["sbatch", "--parsable", "--job-name", ns.job_name, "--output", ns.output,
            "--open-mode=append", "--export=ALL", *shlex.split(ns.sbatch_args), str(script)]
     print("submitting:", shlex.join(cmd), flush=True)
@@ -106,9 +122,12 @@ def main(argv=None):
     while True:
         if endpoint.exists():
             try:
-                info = json.loads(endpoint.read_text())
+                info = json.loads(safe_files.read_text(endpoint, "endpoint file"))
             except (OSError, ValueError):
                 info = None  # written atomically, so this is only a race with a removal
+            except safe_files.UnsafePath:
+                subprocess.run(["scancel", job_id], capture_output=True)
+                raise
             if info:
                 print(f"sidecar job {job_id} is up: pid {info.get('pid')} on {info.get('host')}, "
                       f"{info.get('endpoint')}", flush=True)
