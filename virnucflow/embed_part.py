@@ -91,7 +91,7 @@ def run(ns) -> None:
     if ns.transport == SIDECAR:
         from virnucflow.embed_via_sidecar import embed_via_sidecar
 
-        arrays, record = embed_via_sidecar(ns, settings, parts)
+        arrays, record = embed_via_sidecar(ns, settings, parts, {model: path for model, path, _ in jobs})
     else:
         from virnucflow.embedding import embed_in_process
 

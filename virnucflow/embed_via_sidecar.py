@@ -40,8 +40,9 @@ def _short(sha):
     return f"sha256 {sha[:12]}" if isinstance(sha, str) else "no fingerprint"
 
 
-def embed_via_sidecar(ns, settings, parts: dict):
-    """{model: float32 [N, dim]} for `parts` ({model: (ids, seqs)}) and the part's provenance record."""
+def embed_via_sidecar(ns, settings, parts: dict, labels: dict):
+    """{model: float32 [N, dim]} for `parts` ({model: (ids, seqs)}) and the part's provenance record;
+    `labels` ({model: input file}) name the work in messages."""
     from sidecar.client import SidecarClient, SidecarDied
     from virnucflow.embed_part import listen_args
 
@@ -61,7 +62,7 @@ def embed_via_sidecar(ns, settings, parts: dict):
                 client.wait_ready()
                 served = client.status()
                 check_served(settings, served, client.describe())
-                arrays = {model: client.embed(model, ids, seqs, label=f"{model} part")
+                arrays = {model: client.embed(model, ids, seqs, label=labels[model])
                           for model, (ids, seqs) in parts.items()}
             return arrays, part_record("sidecar", served)
         except SidecarDied:
