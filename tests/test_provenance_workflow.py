@@ -13,12 +13,14 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from virnucflow.classifier import write_random_classifier
 from virnucflow.models.esm2 import write_tiny_esm2_checkpoint
 from workflow_runs import DEMO_DATA, job_counts, snakemake, write_config
 
-EMBED_RULES = {"split_parts", "embed", "merge"}  # the parts are temp(): a re-embed splits again
+# a re-embed splits the temp() parts again and starts a sidecar
+EMBED_RULES = {"embedding_identity", "split_parts", "sidecar", "embed", "merge"}
 CLASSIFY_ON = {"classify", "run_info", "contig_calls", "score_tracks", "report_plots", "all"}
 
 
@@ -44,10 +46,14 @@ def run(demo_models, tmp_path_factory):
 def plan(workdir, config, **changes):
     """The rules a dry run would run after `changes` to the config (the config is restored after)."""
     original = config.read_text()
+    changed = yaml.safe_load(original)
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            changed.setdefault(key, {}).update(value)
+        else:
+            changed[key] = value
     try:
-        if changes:
-            write_config(workdir, **changes)
-            (workdir / "samples.tsv").write_text(f"sample\tfasta\nphage_mix\t{DEMO_DATA / 'phage_mix.fa'}\n")
+        config.write_text(yaml.safe_dump(changed))
         return set(job_counts(snakemake(workdir, "--cores", "2", "-n").stdout))
     finally:
         config.write_text(original)
@@ -74,11 +80,13 @@ def test_each_change_reruns_exactly_what_it_affects(run, tmp_path):
     workdir, config, models = run
     assert plan(workdir, config) == set()  # nothing changed: nothing to do
     assert plan(workdir, config, report={"top_contigs": 3}) == {"score_tracks", "all"}
-    other = write_random_classifier(tmp_path / "500_other.pth", input_dim=96, seed=7) and tmp_path / "500_other.pth"
+    other = tmp_path / "500_other.pth"
+    write_random_classifier(other, input_dim=96, seed=7)
     classifiers = {"300": str(models / "300_model.pth"), "500": str(other)}
     assert plan(workdir, config, models={"classifiers": classifiers}) == CLASSIFY_ON
-    assert plan(workdir, config, embedding={"mode": "fast"}) == EMBED_RULES | CLASSIFY_ON
-    assert plan(workdir, config, embedding={"sidecar": False}) == CLASSIFY_ON  # same models, same exact mode
+    assert plan(workdir, config, embedding={"mode": "fast"}) == EMBED_RULES | CLASSIFY_ON | {"embedding_settings"}
+    # same models, same mode: the settings file is written again, no vector is
+    assert plan(workdir, config, embedding={"sidecar": False, "idle_timeout": 5}) == {"embedding_settings"}
     assert {"chunk", "translate"} <= plan(workdir, config, chunk_size=300)
 
 
@@ -119,7 +127,7 @@ def test_a_sidecar_with_other_models_or_mode_is_refused(demo_models, tmp_path):
     try:
         ok = _embed(tmp_path, endpoint, demo_models / "esm2_t2_demo.pt", demo_models / "dnabert_s_demo")
         assert ok.returncode == 0, ok.stderr
-        assert json.loads((tmp_path / "part" / "a.npz").exists() and "{}" or "{}") == {}
+        assert (tmp_path / "part" / "a.npz").exists()
         (tmp_path / "part" / "a.npz").unlink()
         wrong_model = _embed(tmp_path, endpoint, other, demo_models / "dnabert_s_demo")
         assert wrong_model.returncode == 1 and len(wrong_model.stderr.strip().splitlines()) == 1

@@ -150,7 +150,7 @@ def test_slurm_ran_every_job(slurm_run):
     # one SLURM job per job of the run, but for the two local rules (all, and the sidecar rule that submits)
     ran = re.findall(r"^(?:rule|checkpoint) (\w+):$", output, re.M)
     assert len(jobids) == len([r for r in ran if r not in ("all", "sidecar")]), (jobids, ran)
-    for rule in ("make_demo_models", "chunk", "translate", "split_parts", "embed_via_sidecar", "merge", "classify"):
+    for rule in ("make_demo_models", "chunk", "translate", "split_parts", "embed", "merge", "classify"):
         assert rule in ran, rule
 
 
@@ -205,7 +205,7 @@ def test_a_cancelled_sidecar_job_fails_its_clients_cleanly_and_a_rerun_completes
     # A client that was talking to the sidecar fails with one line; a client that starts after the sidecar
     # job is gone fails before its command runs: its input, the endpoint file, is missing (Snakemake then
     # reports its outputs missing). No outputs of either are left.
-    assert re.search(r"(Error|MissingOutputException) in rule embed_via_sidecar", output) or failed, output[-4000:]
+    assert re.search(r"(Error|MissingOutputException) in rule embed", output) or failed, output[-4000:]
     for name, text in failed.items():
         assert "Traceback" not in text, (name, text)
 
@@ -277,4 +277,4 @@ def test_a_run_killed_at_its_time_limit_leaves_nothing_behind(tmp_path):
         torch.load(path, weights_only=True)
     # and the next run plans only what is missing, with nothing to clean up by hand
     plan = snakemake(workdir, "-n", "--workflow-profile", str(LOCAL_PROFILE)).stdout
-    assert "embed_via_sidecar" in plan or "merge" in plan
+    assert "embed" in plan or "merge" in plan

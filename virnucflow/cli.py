@@ -49,6 +49,19 @@ def cmd_split(args):
     logging.info("wrote %d part(s) to %s", n, args.out_dir)
 
 
+def cmd_count_parts(args):
+    import json
+    from pathlib import Path
+
+    from virnucflow.atomic import atomic_path
+    from virnucflow.split import count_parts
+
+    n = count_parts(args.protein, args.records_per_file)
+    with atomic_path(args.output) as tmp:
+        Path(tmp).write_text(json.dumps({"parts": n, "records_per_file": args.records_per_file}) + "\n")
+    logging.info("%s makes %d part(s)", args.protein, n)
+
+
 def cmd_run_info(args):
     from virnucflow.classifier import known_model_name
     from virnucflow.fingerprint import fingerprint
@@ -213,6 +226,12 @@ def build_parser():
     p.add_argument("--nucleotide", required=True, help="output FASTA of the kept frames' DNA")
     p.add_argument("--protein", required=True, help="output FASTA of the kept frames' proteins")
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("count-parts", help="how many parts the kept frames make (JSON), before splitting them")
+    p.add_argument("--protein", required=True)
+    p.add_argument("--records-per-file", type=int, default=10_000)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_count_parts)
 
     p = sub.add_parser("split", help="split kept frames into parts of N records (output_<k>.fa/.faa)")
     p.add_argument("--nucleotide", required=True)

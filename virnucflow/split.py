@@ -19,6 +19,18 @@ def _records_or_none(path):
     return list(read_fasta(path))
 
 
+def part_count(n_records, records_per_file):
+    """How many parts `n_records` kept frames make (at least one)."""
+    return max(1, -(-n_records // records_per_file))
+
+
+def count_parts(protein_faa, records_per_file):
+    """The number of parts that split_parts will write, from the headers of the kept frames' proteins."""
+    with open(protein_faa) as handle:
+        n_records = sum(1 for line in handle if line.startswith(">"))
+    return part_count(n_records, records_per_file)
+
+
 def split_parts(nucleotide_fa, protein_faa, out_dir, records_per_file=10_000):
     """Write out_dir/output_<k>.fa and .faa; return the number of parts."""
     nucleotides = _records_or_none(nucleotide_fa)
@@ -30,7 +42,7 @@ def split_parts(nucleotide_fa, protein_faa, out_dir, records_per_file=10_000):
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_parts = max(1, -(-len(nucleotides) // records_per_file))
+    n_parts = part_count(len(nucleotides), records_per_file)
     for k in range(n_parts):
         rows = slice(k * records_per_file, (k + 1) * records_per_file)
         for records, suffix in ((nucleotides, ".fa"), (proteins, ".faa")):

@@ -5,14 +5,13 @@ rule merge:
     input:
         dnabert="results/{sample}/embeddings/output_{k}_DNABERT_S.npz",
         esm="results/{sample}/embeddings/output_{k}_ESM.npz",
+        identity="results/{sample}/embedding_identity.json",
     output:
         "results/{sample}/merged/output_{k}_merged.pt",
     log:
         "logs/{sample}/merge/output_{k}.log",
     conda:
         "../envs/virnucflow.yaml"
-    params:
-        identity=embedding_identity,
     shell:
         "virnucflow merge --dnabert {input.dnabert} --esm {input.esm} --output {output} > {log} 2>&1"
 
@@ -21,8 +20,6 @@ rule classify:
     input:
         unpack(lambda wc: model_files()),
         merged=merged_parts,
-        # listed so that the temporary part files are removed once the sample is classified
-        parts="results/{sample}/parts",
     output:
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",
@@ -32,7 +29,7 @@ rule classify:
         "../envs/virnucflow.yaml"
     params:
         model=CLASSIFIER,
-        identity=classifier_identity(),
+        identity=lambda wc: classifier_identity(),
         out_dir=subpath(output.results, parent=True),
     shell:
         "virnucflow classify --model {params.model} --out-dir {params.out_dir} "

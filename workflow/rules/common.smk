@@ -77,10 +77,9 @@ def model_files():
 
 
 def part_numbers(wildcards):
-    parts = checkpoints.split_parts.get(sample=wildcards.sample).output[0]
-    return sorted(
-        glob_wildcards(os.path.join(parts, "output_{k,[0-9]+}.fa")).k, key=int
-    )
+    counted = checkpoints.count_parts.get(sample=wildcards.sample).output[0]
+    with open(counted) as handle:
+        return [str(k) for k in range(1, json.load(handle)["parts"] + 1)]
 
 
 def merged_parts(wildcards):
@@ -259,7 +258,7 @@ def endpoint_file(slot):
     return f"{SIDECAR_DIR}/{slot}.json"
 
 
-def write_settings_file(path, text):
+def write_text_file(path, text):
     from virnucflow.atomic import atomic_path
 
     with atomic_path(path) as tmp:
@@ -284,14 +283,16 @@ def serve_args(slot):
     )
 
 
-def embedding_identity(wildcards):
-    """What makes an embedding: the models' fingerprints and the numeric mode. A param of the embed
-    and merge rules, so that changing either re-embeds (merged files outlive the temp() embeddings).
-    The demo's models are made by the workflow itself, so their file times already say when they change.
+def embedding_identity():
+    """What makes an embedding: the models' fingerprints and the numeric mode. The param of the
+    rule `embedding_identity`, whose file every embed and merge job reads: a change re-embeds.
+    (Snakemake does not compare the params of jobs that it finds behind a checkpoint whose temp()
+    outputs are gone, so the identity cannot be a param of those jobs themselves.) The demo's models
+    are made by the workflow itself, so their file times already say when they change.
     """
     device = SETTINGS.device
     if USE_SIDECAR and not (EXTERNAL_ENDPOINT or on_slurm()):
-        device = sidecar_device(slot_of(wildcards))
+        device = sidecar_device(SIDECAR_SLOTS[0])
     mode = SETTINGS.resolved_mode(device) if device != "auto" else SETTINGS.mode
     if config["demo_models"]:
         models = {"esm2": SETTINGS.esm2, "dnabert_s": SETTINGS.dnabert_s}

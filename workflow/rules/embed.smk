@@ -16,7 +16,23 @@ rule embedding_settings:
     run:
         with open(log[0], "w") as handle:
             handle.write(f"embedding settings written to {output[0]}\n")
-        write_settings_file(output[0], params.settings)
+        write_text_file(output[0], params.settings)
+
+
+rule embedding_identity:
+    # The models' fingerprints and the numeric mode that embed this sample; every embed and merge job
+    # reads this file, so a new checkpoint, revision or mode re-embeds (common.smk says why a file).
+    output:
+        "results/{sample}/embedding_identity.json",
+    log:
+        "logs/{sample}/embedding_identity.log",
+    localrule: True
+    params:
+        identity=lambda wc: embedding_identity(),
+    run:
+        with open(log[0], "w") as handle:
+            handle.write(f"embedding identity written to {output[0]}\n")
+        write_text_file(output[0], params.identity + "\n")
 
 
 if USE_SIDECAR and not EXTERNAL_ENDPOINT:
@@ -48,8 +64,9 @@ rule embed:
         unpack(sidecar_inputs),
         unpack(lambda wc: {} if USE_SIDECAR else model_files()),
         settings=ancient(SETTINGS_FILE),
-        nucleotide="results/{sample}/parts/output_{k}.fa",
-        protein="results/{sample}/parts/output_{k}.faa",
+        identity="results/{sample}/embedding_identity.json",
+        # the part's two files are in this temp() directory, removed once every part is embedded
+        parts="results/{sample}/parts",
     output:
         dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
         esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
@@ -65,9 +82,9 @@ rule embed:
         "../envs/virnucflow.yaml"
     params:
         args=embed_args,
-        identity=embedding_identity,
     shell:
         "virnucflow embed {params.args} --settings-file {input.settings} "
-        "--nucleotide {input.nucleotide} --protein {input.protein} "
+        "--nucleotide {input.parts}/output_{wildcards.k}.fa "
+        "--protein {input.parts}/output_{wildcards.k}.faa "
         "--dnabert-out {output.dnabert} --esm-out {output.esm} "
         "--provenance-out {output.provenance} > {log} 2>&1"

@@ -31,7 +31,25 @@ rule translate:
         "--protein {output.protein} > {log} 2>&1"
 
 
-checkpoint split_parts:
+checkpoint count_parts:
+    # How many parts a sample makes: a small file that stays after the run, so that Snakemake can
+    # look past it at the per-part rules (and their params) even when the temp() parts are gone.
+    input:
+        "results/{sample}/identified_protein.faa",
+    output:
+        "results/{sample}/parts.json",
+    log:
+        "logs/{sample}/count_parts.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        n=config["records_per_file"],
+    shell:
+        "virnucflow count-parts --protein {input} --records-per-file {params.n} "
+        "--output {output} > {log} 2>&1"
+
+
+rule split_parts:
     input:
         nucleotide="results/{sample}/identified_nucleotide.fa",
         protein="results/{sample}/identified_protein.faa",
