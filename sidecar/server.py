@@ -5,11 +5,14 @@ worker thread while the loop already answers `ping` with "loading" -> "ready" ->
 SIGTERM/SIGINT, a `stop` request, an orphan condition (watched pid gone, endpoint file removed or taken
 over) or the idle timeout -> drain accepted work (bounded by --drain-timeout), reject the rest, remove the
 endpoint file and socket, exit 0. The socket loop never computes, so ping/status stay responsive while
-the GPU works.
+the GPU works. Replies go through sidecar.replies: never dropped silently, and a resent request id is
+answered without computing it twice. Pongs carry the queue depth and the recent throughput, from which
+clients derive their timeouts.
 """
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -25,6 +28,7 @@ import zmq
 
 from . import auth, protocol, rendezvous
 from .batcher import Batcher, Busy, Closed, Job
+from .replies import Outbox, Requests
 
 log = logging.getLogger("sidecar")
 
@@ -34,6 +38,8 @@ SWITCH_INTERVAL = 0.0005  # seconds; see run()
 PIPELINE_DEPTH = 2  # batches launched on the device before the compute thread waits for the oldest
 POLL = 0.001  # seconds the compute thread waits for new work while a launched batch runs
 FAILED_LINGER = 10.0  # seconds a server whose models failed to load keeps explaining why before exiting
+RETRY_POLL = 0.005  # seconds between retries of replies that wait for a full client pipe
+RATE_WINDOW = 60.0  # seconds of finished requests over which the reported throughput is measured
 
 
 class StartupError(Exception):
@@ -62,6 +68,7 @@ class ServeConfig:
     mode: str = None  # exact | fast; None = fast on CUDA, exact on CPU
     dedup_cache_mb: float = 1024.0  # per model; 0 disables deduplication
     dedup_cache_entries: int = None
+    reply_cache_mb: float = 256.0  # recent results kept for clients that resend a request id
 
 
 class ModelStats:
@@ -94,7 +101,10 @@ class Server:
         self.stop_reason = None
         self.urgent = False
         self.last_activity = time.monotonic()
-        self.outbox = collections.deque()
+        self.outbox = collections.deque()  # finished jobs, from the compute thread to the socket loop
+        self.requests = Requests(config.reply_cache_mb * 2**20)
+        self._finished_recently = collections.deque()  # (finished, tokens, compute_s), last RATE_WINDOW s
+        self._window_tokens, self._window_seconds = 0, 0.0
         self.socket_dir = None
         self.endpoint = None
         self.authenticator = None
@@ -266,6 +276,7 @@ class Server:
         self._wake_lock = threading.Lock()
         try:
             self._write_rendezvous(self._bind())
+            self.replies = Outbox(self.router)
             log.info("pid %d bound %s, endpoint file %s; loading %s on %s", self.pid, self.endpoint,
                      self.cfg.endpoint_file, ", ".join(self.cfg.models), self.cfg.device)
             self._install_signals()
@@ -298,7 +309,7 @@ class Server:
         next_tick = time.monotonic()
         drain_deadline = None
         while True:
-            events = dict(poller.poll(timeout=TICK * 1000))
+            events = dict(poller.poll(timeout=(RETRY_POLL if self.replies.count else TICK) * 1000))
             now = time.monotonic()
             if self.wake_recv in events:
                 while True:
@@ -314,6 +325,7 @@ class Server:
                 self.batcher.close()
                 drain_deadline = now + (0.0 if self.urgent else self.cfg.drain_timeout)
             self._send_finished()
+            self.replies.flush()
             if self.router in events:
                 for _ in range(1000):  # bounded so the outbox keeps flowing under a flood of requests
                     try:
@@ -376,11 +388,8 @@ class Server:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def _reply(self, identity, frames):
-        try:
-            self.router.send_multipart([identity] + frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # client gone or its pipe full: nothing to do but note it
-            log.warning("reply to client %s dropped: %s", identity.hex(), exc)
+    def _reply(self, identity, frames, on_done=None):
+        self.replies.send(identity, frames, on_done)
 
     def _handle(self, frames):
         if len(frames) < 2:
@@ -414,9 +423,6 @@ class Server:
             self._reply(identity, protocol.error(request_id, protocol.LOAD_FAILED,
                                                  f"the sidecar could not load its models: {self.load_error}"))
             return
-        if self.state == protocol.DRAINING:
-            self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
-            return
         try:
             model, ids, seqs = protocol.check_embed_request(head, extra, list(self.backends))
         except protocol.UnknownModel as exc:
@@ -425,32 +431,59 @@ class Server:
         except protocol.ProtocolError as exc:
             self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, exc))
             return
+        key = Requests.key(request_id, model, ids, seqs)
+        if self._resent(identity, key):
+            return
+        if self.state == protocol.DRAINING:
+            self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
+            return
         backend = self.backends[model]
         try:
             tokens, token_ids = backend.tokenize_many(seqs)
         except Exception as exc:
             self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"cannot tokenize: {exc}"))
             return
-        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, request_id), token_ids=token_ids)
+        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, key), token_ids=token_ids)
         self.last_activity = time.monotonic()
         try:
             self.batcher.submit(job)
         except Busy as exc:
             self._reply(identity, protocol.error(request_id, protocol.BUSY, exc))
+            return
         except Closed as exc:
             self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, exc))
+            return
+        self.requests.inflight[key] = job
+
+    def _resent(self, identity, key):
+        """Answer an embed request seen before (same id, same content) without computing it again."""
+        job, answered = self.requests.find(key)
+        if job is not None:
+            job.context = (identity, key)  # the client retried from a new socket: answer there
+            log.info("embed %s sent again by client %s while in flight: the reply goes there", key[0][:12],
+                     identity.hex()[:10])
+        elif answered is not None:
+            self._reply(identity, answered)
+            log.info("embed %s sent again by client %s: answered from the reply cache", key[0][:12],
+                     identity.hex()[:10])
+        return job is not None or answered is not None
 
     def _send_finished(self):
         while self.outbox:
             job = self.outbox.popleft()
-            identity, request_id = job.context
+            identity, key = job.context
+            request_id = key[0]
+            release = functools.partial(self.batcher.release, job)  # once the reply has left
             stats = self.stats[job.model]
             queue_wait = (job.started or job.finished) - job.submitted
             compute = job.compute_s
             if job.error is None:
                 timing = {"queue_wait_s": round(queue_wait, 6), "compute_s": round(compute, 6),
                           "tokens": job.total_tokens}
-                self._reply(identity, protocol.result(request_id, job.model, job.ids, job.result, timing))
+                frames = protocol.result(request_id, job.model, job.ids, job.result, timing)
+                self.requests.finish(key, frames)
+                self._reply(identity, frames, release)
+                self._note_throughput(job.finished, job.total_tokens, compute)
                 stats.requests += 1
                 stats.sequences += len(job.seqs)
                 stats.tokens += job.total_tokens
@@ -459,10 +492,10 @@ class Server:
                 outcome = "ok"
             else:
                 code = protocol.SHUTTING_DOWN if job.cancelled else protocol.INTERNAL
-                self._reply(identity, protocol.error(request_id, code, job.error))
+                self.requests.finish(key)
+                self._reply(identity, protocol.error(request_id, code, job.error), release)
                 stats.errors += 1
                 outcome = f"error ({job.error})"
-            self.batcher.release(job)
             self.last_activity = time.monotonic()
             log.info("embed %s client=%s model=%s seqs=%d tokens=%d queue_wait=%.4fs compute=%.4fs total=%.4fs %s",
                      request_id[:12], identity.hex()[:10], job.model, len(job.seqs), job.total_tokens, queue_wait,
@@ -470,10 +503,30 @@ class Server:
 
     # ---- reports ------------------------------------------------------------------------------
 
+    def _note_throughput(self, finished, tokens, compute_s):
+        self._finished_recently.append((finished, tokens, compute_s))
+        self._window_tokens += tokens
+        self._window_seconds += compute_s
+
+    def _rate(self):
+        """Tokens per second of compute over the requests finished in the last RATE_WINDOW s, or None."""
+        window, oldest = self._finished_recently, time.monotonic() - RATE_WINDOW
+        while window and window[0][0] < oldest:
+            _, tokens, seconds = window.popleft()
+            self._window_tokens -= tokens
+            self._window_seconds -= seconds
+        if not window:
+            self._window_tokens, self._window_seconds = 0, 0.0
+            return None
+        return round(self._window_tokens / self._window_seconds, 1) if self._window_seconds > 0 else None
+
     def _pong_fields(self):
         fields = {"pid": self.pid}
         if self.state in (protocol.READY, protocol.DRAINING):
             fields["models"] = {name: {"dim": b.dim, "name": b.name} for name, b in self.backends.items()}
+            depth = self.batcher.depth()
+            fields["queue"] = {"requests": depth["requests"], "tokens": depth["tokens"]}
+            fields["rate_tokens_per_s"] = self._rate()
         if self.load_error:
             fields["error"] = self.load_error
         return fields
@@ -505,6 +558,8 @@ class Server:
             "device": self.device, "mode": self.cfg.mode, "uptime_s": round(time.time() - self.started, 3), "models": models,
             "memory": memory, "error": self.load_error,
             "queue": {"requests": depth["requests"], "tokens": depth["tokens"],
+                      "rate_tokens_per_s": self._rate(), "replies_waiting": self.replies.count,
+                      "replies_dropped": self.replies.dropped, "reply_cache_bytes": self.requests.bytes,
                       "max_batch_tokens": self.cfg.max_batch_tokens,
                       "max_queued_tokens": self.cfg.max_queued_tokens,
                       "max_queued_requests": self.cfg.max_queued_requests},
