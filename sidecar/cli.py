@@ -40,6 +40,9 @@ def _serve_options(parser):
                        "per sidecar lifetime (LRU; 0 disables; default 1024)")
     group.add_argument("--dedup-cache-entries", type=int, metavar="N",
                        help="per model, at most N cached embeddings (default: bounded by --dedup-cache-mb only)")
+    group.add_argument("--reply-cache-mb", type=float, default=256.0, metavar="MB",
+                       help="bytes of recent results kept so that a client that resends a request after a "
+                       "timeout gets it without a second computation (0 disables; default 256)")
     group.add_argument("--max-queued-tokens", type=int, default=4_000_000, metavar="N",
                        help="outstanding tokens beyond which requests are answered BUSY (default 4000000)")
     group.add_argument("--max-queued-requests", type=int, default=1024, metavar="N",
@@ -53,12 +56,37 @@ def _serve_options(parser):
     return group
 
 
+# SidecarClient settings offered by `sidecar embed`, as (keyword, metavar, help); the defaults are SidecarClient's
+_CLIENT_OPTIONS = (
+    ("ready_timeout", "S", "seconds to wait for the models to load, and for a busy sidecar to take a request"),
+    ("request_timeout", "S", "seconds to wait for a request's reply before reconnecting and sending it again "
+     "(the sidecar's queued work divided by its throughput is added)"),
+    ("max_request_timeout", "S", "the most seconds to wait for a request's reply, whatever the queue"),
+    ("tries", "N", "sends of a request (reconnecting in between), and silent periods in a row, before giving up"),
+    ("heartbeat", "S", "seconds between liveness pings while waiting"),
+    ("silent_timeout", "S", "seconds without any answer, pings included, after which the connection counts as lost"),
+)
+
+
+def _client_options(parser):
+    import inspect
+
+    from .client import SidecarClient
+
+    defaults = inspect.signature(SidecarClient).parameters
+    group = parser.add_argument_group("client")
+    for name, metavar, text in _CLIENT_OPTIONS:
+        default = defaults[name].default
+        group.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, metavar=metavar,
+                           help=f"{text} (default {default:g})")
+
+
 def _serve_args(ns):
     """The serve options of a parsed namespace, as an argument list for a child `sidecar serve`."""
     args = []
     for opt in ("esm2", "dnabert_s", "dnabert_revision", "device", "tcp", "secret_file", "socket_dir",
                 "idle_timeout", "mode", "max_batch_tokens", "dedup_cache_mb", "dedup_cache_entries",
-                "max_queued_tokens", "max_queued_requests",
+                "reply_cache_mb", "max_queued_tokens", "max_queued_requests",
                 "memory_fraction", "threads", "drain_timeout", "log_interval"):
         value = getattr(ns, opt)
         if value is not None:
@@ -114,13 +142,12 @@ def build_parser():
     embed.add_argument("--protein", metavar="X.faa", help="protein FASTA, embedded with ESM-2")
     embed.add_argument("--dnabert-out", metavar="A.npz", help="DNABERT-S embedding file to write")
     embed.add_argument("--esm-out", metavar="B.npz", help="ESM-2 embedding file to write")
-    embed.add_argument("--ready-timeout", type=float, default=1800.0, metavar="S",
-                       help="how long to wait for the models to load (default 1800)")
     embed.add_argument("--ensure", action="store_true",
                        help="start a sidecar with the server options below if none answers")
     embed.add_argument("--watch-pid", type=int, metavar="PID",
                        help="with --ensure: a sidecar started here exits when PID is gone")
     embed.add_argument("--log", metavar="F", help="with --ensure: the started server's log")
+    _client_options(embed)
     _serve_options(embed)
     return parser
 
@@ -158,7 +185,8 @@ def cmd_serve(ns):
         secret_file=ns.secret_file, socket_dir=ns.socket_dir, watch_pid=ns.watch_pid,
         idle_timeout=ns.idle_timeout, max_batch_tokens=max_batch_tokens, mode=mode,
         dedup_cache_mb=ns.dedup_cache_mb, dedup_cache_entries=ns.dedup_cache_entries,
-        max_queued_tokens=ns.max_queued_tokens, max_queued_requests=ns.max_queued_requests,
+        reply_cache_mb=ns.reply_cache_mb, max_queued_tokens=ns.max_queued_tokens,
+        max_queued_requests=ns.max_queued_requests,
         memory_fraction=ns.memory_fraction, threads=ns.threads, drain_timeout=ns.drain_timeout,
         log_interval=ns.log_interval)
     return server.run(config)
@@ -223,7 +251,8 @@ def cmd_embed(ns):
             _models(ns)
             ensure_sidecar(ns.endpoint_file, _serve_args(ns), watch_pid=ns.watch_pid, log_file=ns.log)
         try:
-            with SidecarClient(ns.endpoint_file, ready_timeout=ns.ready_timeout) as client:
+            settings = {name: getattr(ns, name) for name, _, _ in _CLIENT_OPTIONS}
+            with SidecarClient(ns.endpoint_file, **settings) as client:
                 arrays = {model: client.embed(model, [r[0] for r in records[model]], [r[1] for r in records[model]],
                                               label=path)
                           for model, path, _ in jobs}
