@@ -3,8 +3,17 @@
 Imports only the standard library, pyzmq and numpy (never torch), so a per-file job starts in a fraction
 of a second. It waits for readiness with its own generous timeout (models may take minutes to load),
 splits large inputs into several requests kept a few at a time in flight, retries BUSY with backoff,
-checks the ids of every reply, and, while it waits, watches the sidecar: a dead sidecar process, a
-refused CURVE handshake or a silent remote server ends the wait with a one-line SidecarError.
+checks the ids of every reply and that every vector is finite.
+
+It never waits without end. It follows the "Lazy Pirate" pattern of the ZeroMQ guide: each request has a
+timeout (see SidecarClient); when it passes, the client closes its socket, reconnects (re-reading the
+endpoint file, which a restarted sidecar has rewritten) and sends every outstanding request again with
+the SAME request id, so that the server answers it without computing it twice; after `tries` sends it
+fails with one line. While it waits it pings every `heartbeat` seconds: a sidecar that answers nothing
+for `silent_timeout` seconds is treated the same way (also on this host, where a stopped process still
+looks alive); a local sidecar whose process is gone ends the wait at once (SidecarDied), unless the
+endpoint file already names a live successor, which then gets the outstanding requests. A refused
+CURVE handshake is one line too.
 
 It sends nothing to a server that may not be the user's own: the endpoint file must be theirs (rendezvous),
 an ipc socket and its directory too (the directory closed to others, and held open while connected so
@@ -24,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from . import auth, protocol, rendezvous, safe_files
 
 POLL = 0.2  # seconds per wait slice; liveness is checked between slices
+ASSUMED_RATE = 1000.0  # tokens/s assumed for a sidecar that has not measured its throughput yet
 
 
 class SidecarError(Exception):
@@ -40,20 +50,56 @@ class SidecarNotOurs(SidecarError):
     """The endpoint file, or the server it names, may belong to another user: never used nor replaced."""
 
 
+class _TryFailed(Exception):
+    """This connection gets no answer (silence, a handshake cut short, a successor took over): reconnect and
+    send again; `error` is what to raise when the tries run out."""
+
+    def __init__(self, reason, error=SidecarDied):
+        super().__init__(reason)
+        self.error = error
+
+
+class _Request:
+    """One embed request: the same frames, hence the same id, on every send."""
+
+    def __init__(self, chunk):
+        self.chunk = chunk  # (start, end) in the caller's sequences
+        self.frames = self.id = None
+        self.tokens = 0  # estimated: characters plus two special tokens per sequence
+        self.sends = 0  # since the last answer
+        self.busy = 0  # BUSY answers so far
+        self.timeout = self.deadline = None
+        self.retry_at = 0.0
+
+
 class SidecarClient:
     """A connection to the sidecar named by an endpoint file.
 
     ready_timeout: seconds to wait for the models to load (and for a BUSY queue to accept a request);
-    heartbeat: seconds between pings while waiting; silent_timeout: a sidecar whose process cannot be
-    checked (another host) is declared gone after this many seconds without any message;
+    request_timeout, max_request_timeout: the timeout of one send of a request is
+
+        timeout = min(max_request_timeout, request_timeout + work / rate)
+
+      where work is the tokens the sidecar last reported queued (in its pong) plus the estimated tokens
+      of this client's requests in flight, this one included, and rate is the sidecar's recent
+      throughput in tokens/s from the same pong (ASSUMED_RATE before it has measured one). The floor is
+      request_timeout (queued work only adds to it), the cap max_request_timeout;
+    tries: sends of one request (with a reconnect in between) before the client gives up, and silent
+      periods in a row before a sidecar is declared gone;
+    heartbeat: seconds between pings while waiting; silent_timeout: seconds without any message (pongs
+      included) after which the connection counts as lost;
     max_request_seqs / max_request_chars: split inputs into requests no larger than this;
     window: requests kept in flight at once; secret_file: overrides the one named in the endpoint file.
     """
 
-    def __init__(self, endpoint_file, ready_timeout=1800.0, heartbeat=2.0, silent_timeout=60.0,
-                 max_request_seqs=1024, max_request_chars=1_048_576, window=4, secret_file=None, context=None):
+    def __init__(self, endpoint_file, ready_timeout=1800.0, request_timeout=60.0, max_request_timeout=3600.0,
+                 tries=3, heartbeat=2.0, silent_timeout=60.0, max_request_seqs=1024, max_request_chars=1_048_576,
+                 window=4, secret_file=None, context=None):
         self.endpoint_file = str(endpoint_file)
         self.ready_timeout = ready_timeout
+        self.request_timeout = request_timeout
+        self.max_request_timeout = max_request_timeout
+        self.tries = max(1, int(tries))
         self.heartbeat = heartbeat
         self.silent_timeout = silent_timeout
         self.max_request_seqs = max_request_seqs
@@ -66,7 +112,11 @@ class SidecarClient:
         self._socket_dir_fd = None
         self.info = None
         self.models = None  # {model: {"dim", "name"}} once ready
+        self.served = None  # what the sidecar says produces its vectors (mode, device, fingerprints...) once ready
         self.busy_replies = 0  # how often the server said BUSY (for tests and logs)
+        self.reconnects = 0  # how often a lost connection was replaced (for tests and logs)
+        self.queued_tokens = 0  # the sidecar's queue as of its last pong
+        self.rate = None  # the sidecar's recent throughput (tokens/s) as of its last pong
 
     # ---- connection -------------------------------------------------------------------------
 
@@ -76,7 +126,7 @@ class SidecarClient:
         try:
             self.info = rendezvous.read(self.endpoint_file)
         except rendezvous.RendezvousError as exc:
-            raise SidecarError(str(exc)) from None
+            raise (SidecarDied if self.reconnects else SidecarError)(str(exc)) from None
         except safe_files.UnsafePath as exc:
             raise SidecarNotOurs(str(exc)) from None
         keys = self._secret(self.info["auth"]) if self.info.get("auth") else None
@@ -125,6 +175,7 @@ class SidecarClient:
                               "rerun / use --retries") from None
         except safe_files.UnsafePath as exc:
             raise SidecarNotOurs(str(exc)) from None
+        self._close_socket_dir()
         self._socket_dir_fd = fd
         return f"ipc:///proc/self/fd/{fd}/{name}" if os.path.isdir("/proc/self/fd") else endpoint
 
@@ -138,18 +189,30 @@ class SidecarClient:
         except auth.SecretError as exc:
             raise SidecarError(f"{self.describe()} needs its secret: {exc}") from None
 
-    def close(self):
+    def _close_socket_dir(self):
+        if self._socket_dir_fd is not None:
+            os.close(self._socket_dir_fd)
+            self._socket_dir_fd = None
+
+    def _close_socket(self):
         if self.sock is not None:
             self.sock.disable_monitor()
             self.monitor.close(linger=0)
             self.sock.close(linger=0)
             self.sock = None
+
+    def _reconnect(self):
+        """Lazy Pirate: a fresh socket, since replies on the old one may never come."""
+        self._close_socket()
+        self.reconnects += 1
+        self.connect()
+
+    def close(self):
+        self._close_socket()
+        self._close_socket_dir()
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
-        if self._socket_dir_fd is not None:
-            os.close(self._socket_dir_fd)
-            self._socket_dir_fd = None
 
     def __enter__(self):
         return self.connect()
@@ -163,17 +226,32 @@ class SidecarClient:
     # ---- the wait primitive -------------------------------------------------------------------
 
     def _check_alive(self, doing):
-        """Raise SidecarDied if the sidecar process is gone or the endpoint file no longer names it."""
+        """Raise SidecarDied if the local sidecar process is gone, _TryFailed if this connection is lost."""
         now = time.monotonic()
-        if now - self._last_check < 0.5:
+        if now - self._last_heard > self.silent_timeout:
+            raise _TryFailed(f"answered nothing for {self.silent_timeout:g} s")
+        if now - self._last_check < 0.5 or not rendezvous.is_local(self.info):
             return
         self._last_check = now
-        if rendezvous.is_local(self.info):
-            if not rendezvous.pid_alive(self.info["pid"], self.info.get("pid_start")):
-                raise SidecarDied(f"{self.describe()} died while {doing}; rerun / use --retries")
-        elif now - self._last_heard > self.silent_timeout:
-            raise SidecarDied(f"{self.describe()} on {self.info['host']} has not answered for "
-                              f"{self.silent_timeout:g} s while {doing}; rerun / use --retries")
+        if not rendezvous.pid_alive(self.info["pid"], self.info.get("pid_start")):
+            if self._successor_named():
+                raise _TryFailed("was replaced by a new sidecar")
+            raise SidecarDied(f"{self.describe()} died while {doing}; rerun / use --retries")
+
+    def _successor_named(self):
+        try:
+            info = rendezvous.read(self.endpoint_file)
+        except (rendezvous.RendezvousError, safe_files.UnsafePath):
+            return False
+        if (info["pid"], info["host"]) == (self.info["pid"], self.info["host"]):
+            return False
+        return not rendezvous.is_local(info) or rendezvous.pid_alive(info["pid"], info.get("pid_start"))
+
+    def _send(self, frames):
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # no room towards the sidecar: the request's timeout sends it again
 
     def _receive(self, timeout, doing):
         """Wait up to `timeout` s for one message; returns (header, extra frames) or None."""
@@ -181,9 +259,13 @@ class SidecarClient:
         if self.monitor in events:
             event = recv_monitor_message(self.monitor)
             name = getattr(event["event"], "name", event["event"])
-            raise SidecarError(f"{self.describe()} refused the connection ({name}): wrong or missing secret file")
-        self._check_alive(doing)
+            if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                raise SidecarError(f"{self.describe()} refused the connection ({name}): wrong or missing secret file")
+            # the connection closed during the handshake: a wrong secret, or a sidecar that went away
+            raise _TryFailed(f"refused the connection ({name}): wrong or missing secret file, or it went away",
+                             SidecarError)
         if self.sock not in events:
+            self._check_alive(doing)
             return None
         frames = self.sock.recv_multipart()
         self._last_heard = time.monotonic()
@@ -191,16 +273,39 @@ class SidecarClient:
             head = protocol.decode_header(frames[0])
         except protocol.ProtocolError as exc:
             raise SidecarError(f"{self.describe()} sent a malformed reply: {exc}") from None
+        if head["type"] == protocol.PONG:
+            self._note_load(head)
         return head, frames[1:]
+
+    def _note_load(self, pong):
+        queue, rate = pong.get("queue"), pong.get("rate_tokens_per_s")
+        tokens = queue.get("tokens") if isinstance(queue, dict) else None
+        self.queued_tokens = tokens if isinstance(tokens, int) and tokens > 0 else 0
+        self.rate = float(rate) if isinstance(rate, (int, float)) and rate > 0 else None
+
+    def request_timeout_for(self, tokens):
+        """Seconds to wait for a reply when `tokens` of this client's work are in flight (formula above)."""
+        work = self.queued_tokens + tokens
+        return min(self.max_request_timeout, self.request_timeout + work / (self.rate or ASSUMED_RATE))
+
+    def _give_up_or_reconnect(self, tries_used, reason, doing, error=SidecarDied):
+        if tries_used >= self.tries:
+            raise error(f"{self.describe()} {reason} while {doing} (tried {tries_used} times); "
+                        f"rerun / use --retries")
+        self._reconnect()
 
     def _call(self, frames, timeout, doing):
         """Send one request and wait for the reply with the same id (pings/pongs in between are ignored)."""
         self.connect()
         request_id = protocol.decode_header(frames[0])["id"]
-        self.sock.send_multipart(frames)
+        self._last_heard = time.monotonic()
+        self._send(frames)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = self._receive(min(POLL, max(deadline - time.monotonic(), 0)), doing)
+            try:
+                got = self._receive(min(POLL, max(deadline - time.monotonic(), 0)), doing)
+            except _TryFailed as exc:
+                raise exc.error(f"{self.describe()} {exc} while {doing}; rerun / use --retries") from None
             if got and got[0]["id"] == request_id:
                 return got[0]
         raise SidecarError(f"{self.describe()} did not answer within {timeout:g} s while {doing}")
@@ -224,8 +329,10 @@ class SidecarClient:
         timeout = self.ready_timeout if timeout is None else timeout
         self.connect()
         deadline = time.monotonic() + timeout
+        self._last_heard = time.monotonic()
         pending = None
         next_ping, interval = 0.0, 0.05
+        lost = 0  # connections in a row that answered nothing
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -234,14 +341,22 @@ class SidecarClient:
             if now >= next_ping:
                 frames = protocol.ping()
                 pending = protocol.decode_header(frames[0])["id"]
-                self.sock.send_multipart(frames)
+                self._send(frames)
                 next_ping, interval = now + interval, min(interval * 2, 1.0)
-            got = self._receive(min(POLL, max(next_ping - time.monotonic(), 0.01)), doing)
+            try:
+                got = self._receive(min(POLL, max(next_ping - time.monotonic(), 0.01)), doing)
+            except _TryFailed as exc:
+                lost += 1
+                self._give_up_or_reconnect(lost, exc, doing, exc.error)
+                next_ping, interval = 0.0, 0.05
+                continue
+            lost = 0 if got else lost
             if not got or got[0]["id"] != pending:
                 continue
             state = got[0].get("state")
             if state == protocol.READY:
                 self.models = got[0].get("models", {})
+                self.served = got[0].get("served", {})
                 return self.models
             if state == protocol.FAILED:
                 raise SidecarError(f"{self.describe()} could not load its models: {got[0].get('error')}")
@@ -260,6 +375,13 @@ class SidecarClient:
         if start < len(seqs):
             yield start, len(seqs)
 
+    def _send_request(self, request, inflight):
+        """(Re)send `request` with a fresh deadline; `inflight` already holds it."""
+        request.sends += 1
+        request.timeout = self.request_timeout_for(sum(r.tokens for r in inflight.values()))
+        request.deadline = time.monotonic() + request.timeout
+        self._send(request.frames)
+
     def embed(self, model, ids, seqs, label=None):
         """Embed `seqs` with `model` ("esm2" or "dnabert_s"); returns float32 [len(seqs), dim] in input order."""
         ids, seqs = [str(x) for x in ids], list(seqs)
@@ -270,51 +392,86 @@ class SidecarClient:
         if model not in models:
             raise SidecarError(f"{self.describe()} does not serve {model!r} (it serves: {', '.join(models)})")
         out = np.empty((len(seqs), models[model]["dim"]), dtype=np.float32)
-        todo = list(self._chunks(seqs))  # (start, end) still to send
-        retry_at = {}  # chunk -> monotonic time before which it is not resent
-        attempts = {}
-        inflight = {}  # request id -> chunk
+        todo = [_Request(chunk) for chunk in self._chunks(seqs)]  # not in flight: unsent, or answered BUSY
+        inflight = {}  # request id -> _Request
         busy_since = None
-        next_ping = time.monotonic() + self.heartbeat
+        lost = 0  # connections in a row that answered nothing
+        self._last_heard = time.monotonic()
+        next_ping = self._last_heard + self.heartbeat
         while todo or inflight:
             now = time.monotonic()
-            ready = [c for c in todo if retry_at.get(c, 0) <= now]
-            while ready and len(inflight) < self.window:
-                chunk = ready.pop(0)
-                todo.remove(chunk)
-                frames = protocol.embed(model, ids[chunk[0]:chunk[1]], seqs[chunk[0]:chunk[1]])
-                inflight[protocol.decode_header(frames[0])["id"]] = chunk
-                self.sock.send_multipart(frames)
-            if now >= next_ping:  # heartbeat: a remote sidecar proves it is alive by answering
-                self.sock.send_multipart(protocol.ping())
+            for request in [r for r in todo if r.retry_at <= now][:max(self.window - len(inflight), 0)]:
+                todo.remove(request)
+                if request.frames is None:
+                    a, b = request.chunk
+                    request.id = protocol.new_request_id()
+                    request.frames = protocol.embed(model, ids[a:b], seqs[a:b], request_id=request.id)
+                    request.tokens = sum(len(s) + 2 for s in seqs[a:b])
+                inflight[request.id] = request
+                self._send_request(request, inflight)
+            if now >= next_ping:  # heartbeat: the sidecar proves it is alive by answering
+                self._send(protocol.ping())
                 next_ping = now + self.heartbeat
-            got = self._receive(POLL, doing)
-            if got is None:
+            try:
+                got = self._receive(POLL, doing)
+            except _TryFailed as exc:  # nothing heard: a new connection, the same requests
+                lost += 1
+                self._give_up_or_reconnect(max([lost] + [r.sends for r in inflight.values()]), exc, doing,
+                                           exc.error)
+                for request in inflight.values():
+                    self._send_request(request, inflight)
                 continue
-            head, extra = got
-            chunk = inflight.pop(head["id"], None)
-            if chunk is None:
-                continue  # a pong or a reply to a request given up on
-            if head["type"] == protocol.RESULT:
-                try:
-                    out[chunk[0]:chunk[1]] = protocol.decode_result(head, extra, ids[chunk[0]:chunk[1]])
-                except protocol.ProtocolError as exc:
-                    raise SidecarError(f"{self.describe()} sent a bad result while {doing}: {exc}") from None
-                busy_since = None
-            elif head["type"] == protocol.ERROR and head.get("retryable"):
-                self.busy_replies += head.get("code") == protocol.BUSY
-                busy_since = busy_since or now
-                if now - busy_since > self.ready_timeout:
-                    raise SidecarError(f"{self.describe()} stayed busy for {self.ready_timeout:g} s while {doing}")
-                attempts[chunk] = attempts.get(chunk, 0) + 1
-                delay = min(0.02 * 2 ** attempts[chunk], 2.0) * (0.5 + random.random())
-                retry_at[chunk] = now + delay
-                todo.insert(0, chunk)
-            elif head["type"] == protocol.ERROR and head.get("code") == protocol.SHUTTING_DOWN:
-                raise SidecarDied(f"{self.describe()} shut down while {doing}; rerun / use --retries")
-            elif head["type"] == protocol.ERROR:
-                raise SidecarError(f"{self.describe()} refused a request while {doing}: "
-                                   f"{head.get('code')}: {head.get('message')}")
-            else:
-                raise SidecarError(f"{self.describe()} sent an unexpected {head['type']!r} reply while {doing}")
+            if got is not None:
+                lost = 0
+                head, extra = got
+                request = inflight.pop(head["id"], None)  # None: a pong, or a reply to a request given up on
+                if request is not None and head["type"] == protocol.RESULT:
+                    self._store(out, request, head, extra, model, ids, doing)
+                    busy_since = None
+                elif request is not None:
+                    busy_since = self._refused(request, head, busy_since, doing)
+                    todo.insert(0, request)
+            late = [r for r in inflight.values() if time.monotonic() >= r.deadline]
+            if late:  # the sidecar answers pings but not this request: a new connection, the same requests
+                self._give_up_or_reconnect(max(r.sends for r in late),
+                                           f"did not answer a request within {round(late[0].timeout, 1):g} s", doing,
+                                           error=SidecarError)
+                for request in inflight.values():
+                    self._send_request(request, inflight)
         return out
+
+    def _refused(self, request, head, busy_since, doing):
+        """A reply other than a result: schedule a retry of a retryable error (returns when the sidecar
+        first said BUSY), raise for any other."""
+        if head["type"] == protocol.ERROR and head.get("retryable"):
+            now = time.monotonic()
+            self.busy_replies += head.get("code") == protocol.BUSY
+            busy_since = busy_since or now
+            if now - busy_since > self.ready_timeout:
+                raise SidecarError(f"{self.describe()} stayed busy for {self.ready_timeout:g} s while {doing}")
+            request.busy += 1
+            request.sends = 0  # it was answered: a new round of tries
+            request.retry_at = now + min(0.02 * 2 ** request.busy, 2.0) * (0.5 + random.random())
+            return busy_since
+        if head["type"] == protocol.ERROR and head.get("code") == protocol.SHUTTING_DOWN:
+            raise SidecarDied(f"{self.describe()} shut down while {doing}; rerun / use --retries")
+        if head["type"] == protocol.ERROR:
+            raise SidecarError(f"{self.describe()} refused a request while {doing}: "
+                               f"{head.get('code')}: {head.get('message')}")
+        raise SidecarError(f"{self.describe()} sent an unexpected {head['type']!r} reply while {doing}")
+
+    def _store(self, out, request, head, extra, model, ids, doing):
+        """Check a result (ids, width, every value finite) and copy it into `out`."""
+        a, b = request.chunk
+        try:
+            block = protocol.decode_result(head, extra, ids[a:b])
+        except protocol.ProtocolError as exc:
+            raise SidecarError(f"{self.describe()} sent a bad result while {doing}: {exc}") from None
+        if block.shape[1] != out.shape[1]:
+            raise SidecarError(f"{self.describe()} sent {block.shape[1]}-wide {model} vectors while {doing}, "
+                               f"expected {out.shape[1]}")
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if bad.size:
+            raise SidecarError(f"{self.describe()} sent a non-finite {model} vector (NaN or infinity) for "
+                               f"sequence {ids[a + bad[0]]!r} ({bad.size} such in the request) while {doing}")
+        out[a:b] = block

@@ -7,10 +7,14 @@ over) or the idle timeout -> drain accepted work (bounded by --drain-timeout), r
 endpoint file and socket, exit 0. The socket loop never computes, so ping/status stay responsive while
 the GPU works. An endpoint file or log that may be another user's is refused at start (safe_files), and one
 that replaces ours later stops the server.
+Replies go through sidecar.replies: never dropped silently, and a resent request id is
+answered without computing it twice. Pongs carry the queue depth and the recent throughput, from which
+clients derive their timeouts.
 """
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -28,6 +32,7 @@ from virnucflow.provenance import package_versions
 
 from . import auth, protocol, rendezvous, safe_files
 from .batcher import Batcher, Busy, Closed, Job
+from .replies import Outbox, Requests
 
 log = logging.getLogger("sidecar")
 _VERSIONS = package_versions()
@@ -38,6 +43,8 @@ SWITCH_INTERVAL = 0.0005  # seconds; see run()
 PIPELINE_DEPTH = 2  # batches launched on the device before the compute thread waits for the oldest
 POLL = 0.001  # seconds the compute thread waits for new work while a launched batch runs
 FAILED_LINGER = 10.0  # seconds a server whose models failed to load keeps explaining why before exiting
+RETRY_POLL = 0.005  # seconds between retries of replies that wait for a full client pipe
+RATE_WINDOW = 60.0  # seconds of finished requests over which the reported throughput is measured
 
 
 class StartupError(Exception):
@@ -64,6 +71,7 @@ class ServeConfig:
     dedup_cache_mb: float  # per model; 0 disables deduplication
     dedup_cache_entries: int
     unsafe_trust_pickle: tuple  # sha256s of model files that may be unpickled in full (virnucflow.safe_load)
+    reply_cache_mb: float  # recent results kept for clients that resend a request id
     tcp: str = None  # "HOST:PORT"; None = local ipc socket
     secret_file: str = None
     socket_dir: str = None
@@ -84,7 +92,8 @@ class ServeConfig:
                    memory_fraction=settings.memory_fraction, threads=settings.threads,
                    drain_timeout=settings.drain_timeout, log_interval=settings.log_interval,
                    dedup_cache_mb=settings.dedup_cache_mb, dedup_cache_entries=settings.dedup_cache_entries,
-                   unsafe_trust_pickle=settings.unsafe_trust_pickle, **listen)
+                   unsafe_trust_pickle=settings.unsafe_trust_pickle, reply_cache_mb=settings.reply_cache_mb,
+                   **listen)
 
 
 class ModelStats:
@@ -115,7 +124,10 @@ class Server:
         self.stop_reason = None
         self.urgent = False
         self.last_activity = time.monotonic()
-        self.outbox = collections.deque()
+        self.outbox = collections.deque()  # finished jobs, from the compute thread to the socket loop
+        self.requests = Requests(config.reply_cache_mb * 2**20)
+        self._finished_recently = collections.deque()  # (finished, tokens, compute_s), last RATE_WINDOW s
+        self._window_tokens, self._window_seconds = 0, 0.0
         self.socket_dir = None
         self.endpoint = None
         self.authenticator = None
@@ -296,6 +308,7 @@ class Server:
         self._wake_lock = threading.Lock()
         try:
             self._write_rendezvous(self._bind())
+            self.replies = Outbox(self.router)
             log.info("pid %d bound %s, endpoint file %s; loading %s on %s", self.pid, self.endpoint,
                      self.cfg.endpoint_file, ", ".join(self.cfg.models), self.cfg.device)
             self._install_signals()
@@ -328,7 +341,7 @@ class Server:
         next_tick = time.monotonic()
         drain_deadline = None
         while True:
-            events = dict(poller.poll(timeout=TICK * 1000))
+            events = dict(poller.poll(timeout=(RETRY_POLL if self.replies.count else TICK) * 1000))
             now = time.monotonic()
             if self.wake_recv in events:
                 while True:
@@ -344,6 +357,7 @@ class Server:
                 self.batcher.close()
                 drain_deadline = now + (0.0 if self.urgent else self.cfg.drain_timeout)
             self._send_finished()
+            self.replies.flush()
             if self.router in events:
                 for _ in range(1000):  # bounded so the outbox keeps flowing under a flood of requests
                     try:
@@ -408,11 +422,8 @@ class Server:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def _reply(self, identity, frames):
-        try:
-            self.router.send_multipart([identity] + frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # client gone or its pipe full: nothing to do but note it
-            log.warning("reply to client %s dropped: %s", identity.hex(), exc)
+    def _reply(self, identity, frames, on_done=None):
+        self.replies.send(identity, frames, on_done)
 
     def _handle(self, frames):
         if len(frames) < 2:
@@ -446,9 +457,6 @@ class Server:
             self._reply(identity, protocol.error(request_id, protocol.LOAD_FAILED,
                                                  f"the sidecar could not load its models: {self.load_error}"))
             return
-        if self.state == protocol.DRAINING:
-            self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
-            return
         try:
             model, ids, seqs = protocol.check_embed_request(head, extra, list(self.backends))
         except protocol.UnknownModel as exc:
@@ -457,32 +465,59 @@ class Server:
         except protocol.ProtocolError as exc:
             self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, exc))
             return
+        key = Requests.key(request_id, model, ids, seqs)
+        if self._resent(identity, key):
+            return
+        if self.state == protocol.DRAINING:
+            self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
+            return
         backend = self.backends[model]
         try:
             tokens, token_ids = backend.tokenize_many(seqs)
         except Exception as exc:
             self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"cannot tokenize: {exc}"))
             return
-        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, request_id), token_ids=token_ids)
+        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, key), token_ids=token_ids)
         self.last_activity = time.monotonic()
         try:
             self.batcher.submit(job)
         except Busy as exc:
             self._reply(identity, protocol.error(request_id, protocol.BUSY, exc))
+            return
         except Closed as exc:
             self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, exc))
+            return
+        self.requests.inflight[key] = job
+
+    def _resent(self, identity, key):
+        """Answer an embed request seen before (same id, same content) without computing it again."""
+        job, answered = self.requests.find(key)
+        if job is not None:
+            job.context = (identity, key)  # the client retried from a new socket: answer there
+            log.info("embed %s sent again by client %s while in flight: the reply goes there", key[0][:12],
+                     identity.hex()[:10])
+        elif answered is not None:
+            self._reply(identity, answered)
+            log.info("embed %s sent again by client %s: answered from the reply cache", key[0][:12],
+                     identity.hex()[:10])
+        return job is not None or answered is not None
 
     def _send_finished(self):
         while self.outbox:
             job = self.outbox.popleft()
-            identity, request_id = job.context
+            identity, key = job.context
+            request_id = key[0]
+            release = functools.partial(self.batcher.release, job)  # once the reply has left
             stats = self.stats[job.model]
             queue_wait = (job.started or job.finished) - job.submitted
             compute = job.compute_s
             if job.error is None:
                 timing = {"queue_wait_s": round(queue_wait, 6), "compute_s": round(compute, 6),
                           "tokens": job.total_tokens}
-                self._reply(identity, protocol.result(request_id, job.model, job.ids, job.result, timing))
+                frames = protocol.result(request_id, job.model, job.ids, job.result, timing)
+                self.requests.finish(key, frames)
+                self._reply(identity, frames, release)
+                self._note_throughput(job.finished, job.total_tokens, compute)
                 stats.requests += 1
                 stats.sequences += len(job.seqs)
                 stats.tokens += job.total_tokens
@@ -491,10 +526,10 @@ class Server:
                 outcome = "ok"
             else:
                 code = protocol.SHUTTING_DOWN if job.cancelled else protocol.INTERNAL
-                self._reply(identity, protocol.error(request_id, code, job.error))
+                self.requests.finish(key)
+                self._reply(identity, protocol.error(request_id, code, job.error), release)
                 stats.errors += 1
                 outcome = f"error ({job.error})"
-            self.batcher.release(job)
             self.last_activity = time.monotonic()
             log.info("embed %s client=%s model=%s seqs=%d tokens=%d queue_wait=%.4fs compute=%.4fs total=%.4fs %s",
                      request_id[:12], identity.hex()[:10], job.model, len(job.seqs), job.total_tokens, queue_wait,
@@ -502,13 +537,42 @@ class Server:
 
     # ---- reports ------------------------------------------------------------------------------
 
+    def _note_throughput(self, finished, tokens, compute_s):
+        self._finished_recently.append((finished, tokens, compute_s))
+        self._window_tokens += tokens
+        self._window_seconds += compute_s
+
+    def _rate(self):
+        """Tokens per second of compute over the requests finished in the last RATE_WINDOW s, or None."""
+        window, oldest = self._finished_recently, time.monotonic() - RATE_WINDOW
+        while window and window[0][0] < oldest:
+            _, tokens, seconds = window.popleft()
+            self._window_tokens -= tokens
+            self._window_seconds -= seconds
+        if not window:
+            self._window_tokens, self._window_seconds = 0, 0.0
+            return None
+        return round(self._window_tokens / self._window_seconds, 1) if self._window_seconds > 0 else None
+
     def _pong_fields(self):
         fields = {"pid": self.pid}
         if self.state in (protocol.READY, protocol.DRAINING):
             fields["models"] = {name: {"dim": b.dim, "name": b.name} for name, b in self.backends.items()}
+            fields["served"] = self._served()
+            depth = self.batcher.depth()
+            fields["queue"] = {"requests": depth["requests"], "tokens": depth["tokens"]}
+            fields["rate_tokens_per_s"] = self._rate()
         if self.load_error:
             fields["error"] = self.load_error
         return fields
+
+    def _served(self):
+        """What produces this sidecar's vectors, for clients to check and to record with their results."""
+        return {"mode": self.cfg.mode, "device": self.device, "gpu_name": self.gpu_name,
+                "fingerprints": self.fingerprints, "versions": _VERSIONS,
+                "models": {name: {"source": src, "revision": rev, "name": self.backends[name].name,
+                                  "dim": self.backends[name].dim}
+                           for name, (src, rev) in self.cfg.models.items() if name in self.backends}}
 
     def status(self):
         models = {}
@@ -539,6 +603,8 @@ class Server:
             "uptime_s": round(time.time() - self.started, 3), "models": models,
             "memory": memory, "error": self.load_error,
             "queue": {"requests": depth["requests"], "tokens": depth["tokens"],
+                      "rate_tokens_per_s": self._rate(), "replies_waiting": self.replies.count,
+                      "replies_dropped": self.replies.dropped, "reply_cache_bytes": self.requests.bytes,
                       "max_batch_tokens": self.cfg.max_batch_tokens,
                       "max_queued_tokens": self.cfg.max_queued_tokens,
                       "max_queued_requests": self.cfg.max_queued_requests},

@@ -28,9 +28,10 @@ def check_served(settings, served: dict, where: str) -> None:
             source = (served.get("models") or {}).get(model, {}).get("source")
             differ.append(f"{model} {_short(got.get(model))} ({source}) but this run asks for {_short(sha)} "
                           f"({getattr(settings, model)})")
-    mode = settings.resolved_mode(served.get("device", ""))
-    if served.get("mode") != mode:
-        differ.append(f"{served.get('mode')} mode but this run asks for {mode} mode")
+    if settings.mode != "auto" or served.get("mode") is not None:  # auto: the default on its device
+        mode = settings.resolved_mode(served.get("device") or "")
+        if served.get("mode") != mode:
+            differ.append(f"{served.get('mode')} mode but this run asks for {mode} mode")
     if differ:
         raise SidecarMismatch(f"{where} serves {'; '.join(differ)}; stop it (sidecar stop --endpoint-file ...) or "
                               "point the run at a sidecar with these settings")
@@ -58,9 +59,9 @@ def embed_via_sidecar(ns, settings, parts: dict, labels: dict):
             ensure_sidecar(ns.endpoint_file, settings.to_args(SERVE) + listen_args(ns), watch_pid=ns.watch_pid,
                            log_file=ns.log)
         try:
-            with SidecarClient(ns.endpoint_file, ready_timeout=settings.ready_timeout) as client:
+            with SidecarClient(ns.endpoint_file, **settings.client_options()) as client:
                 client.wait_ready()
-                served = client.status()
+                served = dict(client.served, **{k: client.info.get(k) for k in ("pid", "host", "endpoint")})
                 check_served(settings, served, client.describe())
                 arrays = {model: client.embed(model, ids, seqs, label=labels[model])
                           for model, (ids, seqs) in parts.items()}

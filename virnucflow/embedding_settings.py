@@ -7,21 +7,28 @@ declare their options from it (`add_arguments`) and read them back (`from_namesp
 metadata says which commands take it (`scopes`) and where it lives in the config (`config`), so no
 list of options is typed out anywhere else.
 
-Standard library only: the torch-free sidecar client and Snakemake's parser import it.
+It imports no torch: Snakemake's parser and the torch-free embedding client import it. The client's
+timeouts take their defaults from `sidecar.client.SidecarClient`, where they are documented.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.client import SidecarClient
 from virnucflow.errors import InputError
 from virnucflow.safe_load import TRUST_KEY, sha256_pin
 
 MODES = ("exact", "fast")
+# SidecarClient's own defaults for the settings that a client takes (its constructor documents them)
+_CLIENT = {name: p.default for name, p in inspect.signature(SidecarClient).parameters.items()
+           if name in ("ready_timeout", "request_timeout", "max_request_timeout", "tries", "heartbeat",
+                       "silent_timeout")}
 SERVE, CLIENT, IN_PROCESS = "serve", "client", "in_process"
 MODEL_SCOPES = (SERVE, CLIENT, IN_PROCESS)  # a client checks that its sidecar serves these models
 
@@ -70,8 +77,30 @@ class EmbeddingSettings:
                                           "if its sha256 is this one; that runs any code the file carries. Only for "
                                           "a file you trust (repeatable)", TRUST_KEY, (SERVE, IN_PROCESS), "SHA256",
                                           kind=sha256_pin, many=True)
-    ready_timeout: float = _setting(1800.0, "seconds a client waits for the sidecar's models to load",
-                                    "embedding.ready_timeout", (CLIENT,), "S", kind=float)
+    reply_cache_mb: float = _setting(256.0, "MB of recent results kept so that a client that resends a request "
+                                     "after a timeout gets it without a second computation (0 disables)",
+                                     "embedding.reply_cache_mb", metavar="MB", kind=float)
+    # a client's patience (the ZeroMQ guide's "Lazy Pirate"); sidecar/client.py says how they combine
+    ready_timeout: float = _setting(_CLIENT["ready_timeout"], "seconds to wait for the models to load, and for a "
+                                    "busy sidecar to take a request", "embedding.ready_timeout", (CLIENT,), "S",
+                                    kind=float)
+    request_timeout: float = _setting(_CLIENT["request_timeout"], "seconds to wait for a request's reply before "
+                                      "reconnecting and sending it again (the sidecar's queued work divided by its "
+                                      "throughput is added)", "embedding.request_timeout", (CLIENT,), "S", kind=float)
+    max_request_timeout: float = _setting(_CLIENT["max_request_timeout"], "the most seconds to wait for a "
+                                          "request's reply, whatever the queue", "embedding.max_request_timeout",
+                                          (CLIENT,), "S", kind=float)
+    tries: int = _setting(_CLIENT["tries"], "sends of a request (reconnecting in between), and silent periods in a "
+                          "row, before giving up", "embedding.tries", (CLIENT,), "N", kind=int)
+    heartbeat: float = _setting(_CLIENT["heartbeat"], "seconds between liveness pings while waiting",
+                                None, (CLIENT,), "S", kind=float)
+    silent_timeout: float = _setting(_CLIENT["silent_timeout"], "seconds without any answer, pings included, after "
+                                     "which the connection counts as lost", "embedding.silent_timeout", (CLIENT,),
+                                     "S", kind=float)
+
+    def client_options(self) -> dict:
+        """The keyword arguments of SidecarClient that these settings give."""
+        return {name: getattr(self, name) for name in _CLIENT}
 
     # ---- derived values -----------------------------------------------------------------------
 
