@@ -24,17 +24,17 @@ def test_merge_puts_dnabert_first_then_esm():
     merged = Fe.merge_embeddings(dna, protein)
     assert merged["ids"] == IDS
     data = merged["data"]
-    assert data.dtype == torch.float32 and tuple(data.shape) == (7, Fe.MERGED_DIM) == (7, 3328)
-    assert np.array_equal(data[:, :768].numpy(), dna[1])
-    assert np.array_equal(data[:, 768:].numpy(), protein[1])
+    assert data.dtype == np.float32 and tuple(data.shape) == (7, Fe.MERGED_DIM) == (7, 3328)
+    assert np.array_equal(data[:, :768], dna[1])
+    assert np.array_equal(data[:, 768:], protein[1])
 
 
 def test_merge_accepts_tensors_and_float64():
     dna = (IDS, torch.randn(7, 768, dtype=torch.float64))
     protein = (tuple(IDS), torch.randn(7, 2560))
     data = Fe.merge_embeddings(dna, protein)["data"]
-    assert data.dtype == torch.float32
-    assert torch.equal(data[:, :768], dna[1].float())
+    assert data.dtype == np.float32
+    assert np.array_equal(data[:, :768], dna[1].float().numpy())
 
 
 def test_merge_names_the_first_mismatch():
@@ -68,9 +68,9 @@ def test_merged_file_roundtrip_in_original_layout(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"ids", "data"} and type(raw["ids"]) is list and raw["ids"] == IDS
-    assert raw["data"].dtype == torch.float32 and torch.equal(raw["data"], merged["data"])
+    assert raw["data"].dtype == torch.float32 and torch.equal(raw["data"], torch.from_numpy(merged["data"]))
     loaded = Fe.load_merged(path)
-    assert loaded["ids"] == IDS and torch.equal(loaded["data"], merged["data"])
+    assert loaded["ids"] == IDS and torch.equal(loaded["data"], torch.from_numpy(merged["data"]))
 
 
 def test_save_merged_does_not_write_a_views_whole_storage(tmp_path):
@@ -168,9 +168,25 @@ def test_merge_files_end_to_end(tmp_path):
     save_embeddings(tmp_path / "p.npz", *protein)
     merged = Fe.merge_files(tmp_path / "d.npz", tmp_path / "p.npz", tmp_path / "output_1_merged.pt")
     loaded = Fe.load_merged(tmp_path / "output_1_merged.pt")
-    assert loaded["ids"] == IDS and torch.equal(loaded["data"], merged["data"])
+    assert loaded["ids"] == IDS and torch.equal(loaded["data"], torch.from_numpy(merged["data"]))
     save_embeddings(tmp_path / "p2.npz", IDS[::-1], protein[1])
     with pytest.raises(InputError) as excinfo:
         Fe.merge_files(tmp_path / "d.npz", tmp_path / "p2.npz", tmp_path / "bad.pt")
     assert "d.npz" in str(excinfo.value) and "p2.npz" in str(excinfo.value)
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_the_merge_command_never_imports_torch(tmp_path):
+    """Each part's merge job is a process of its own: it must not pay torch's import (seconds each)."""
+    dna, protein = embeddings(IDS, 768, 0), embeddings(IDS, 2560, 1)
+    save_embeddings(tmp_path / "d.npz", *dna)
+    save_embeddings(tmp_path / "p.npz", *protein)
+    out = tmp_path / "merged" / "output_1_merged.pt"
+    code = ("import sys\nfrom virnucflow.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nfinally:\n    print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "merge", "--dnabert", str(tmp_path / "d.npz"),
+                           "--esm", str(tmp_path / "p.npz"), "--output", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    loaded = torch.load(out, weights_only=True)
+    assert loaded["ids"] == IDS and np.array_equal(loaded["data"].numpy(), np.concatenate([dna[1], protein[1]], axis=1))
