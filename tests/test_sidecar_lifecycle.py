@@ -21,8 +21,9 @@ import zmq
 from sidecar import auth, protocol
 from sidecar.client import SidecarClient, SidecarError
 from sidecar.launcher import ensure_sidecar
-from test_sidecar_support import (REPO, model_args, models, pools, raw_dealer, recv_header,  # noqa: F401
-                                  reference, spawn)
+from test_sidecar_support import REPO, model_args, pools, raw_dealer, recv_header
+
+pytestmark = pytest.mark.process
 
 
 # ---- shutdown and orphan handling -------------------------------------------------------------

@@ -23,7 +23,7 @@ from workflow_runs import (
     slurm_profile, snakemake, wait_for, write_config,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slurm
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv")
 SAMPLES = ("phage_mix", "reads_gz")
 
@@ -101,11 +101,9 @@ def same_results(a, b, samples=SAMPLES):
 
 
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("local")
-    write_config(workdir, embedding={"sidecar": True, "device": "cpu"})
-    snakemake(workdir, "--cores", "2")
-    return workdir
+def local_reference(demo_run):
+    """The demo run locally with a sidecar on the CPU: the run that the tests share (conftest.demo_run)."""
+    return demo_run
 
 
 @pytest.fixture(scope="module")
