@@ -5,11 +5,14 @@ clients. Errors are one line on stderr with a non-zero exit, and `embed` leaves 
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+
+from . import protocol
 
 EXIT_ERROR = 1
 EXIT_DIED = 3  # the sidecar died mid-request: a retry with a fresh sidecar may succeed
@@ -44,6 +47,11 @@ def _serve_options(parser):
                        help="outstanding tokens beyond which requests are answered BUSY (default 4000000)")
     group.add_argument("--max-queued-requests", type=int, default=1024, metavar="N",
                        help="outstanding requests beyond which requests are answered BUSY (default 1024)")
+    for model, field in protocol.SEQ_LEN_FIELDS.items():
+        group.add_argument(protocol.option_name(field), type=int, default=getattr(protocol.LIMITS, field), metavar="N",
+                           help=f"longest {model} sequence accepted, in {protocol.UNITS[model]}; a request with a "
+                           f"longer one is refused at once (default %(default)s; the workflow sends <= 501 nt, "
+                           f"<= 167 residues)")
     group.add_argument("--memory-fraction", type=float, metavar="X", help="CUDA per-process memory fraction")
     group.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     group.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
@@ -58,7 +66,7 @@ def _serve_args(ns):
     args = []
     for opt in ("esm2", "dnabert_s", "dnabert_revision", "device", "tcp", "secret_file", "socket_dir",
                 "idle_timeout", "mode", "max_batch_tokens", "dedup_cache_mb", "dedup_cache_entries",
-                "max_queued_tokens", "max_queued_requests",
+                "max_queued_tokens", "max_queued_requests", *protocol.SEQ_LEN_FIELDS.values(),
                 "memory_fraction", "threads", "drain_timeout", "log_interval"):
         value = getattr(ns, opt)
         if value is not None:
@@ -75,6 +83,15 @@ def _models(ns):
     if not models:
         raise _UserError("give at least one model: --esm2 SOURCE and/or --dnabert-s SOURCE")
     return models
+
+
+def _limits(ns):
+    """The protocol limits with the serve options' sequence lengths; a one-line error if unusable."""
+    limits = dataclasses.replace(protocol.LIMITS, **{f: getattr(ns, f) for f in protocol.SEQ_LEN_FIELDS.values()})
+    try:
+        return limits.check()
+    except ValueError as exc:
+        raise _UserError(str(exc)) from None
 
 
 class _UserError(Exception):
@@ -160,7 +177,7 @@ def cmd_serve(ns):
         dedup_cache_mb=ns.dedup_cache_mb, dedup_cache_entries=ns.dedup_cache_entries,
         max_queued_tokens=ns.max_queued_tokens, max_queued_requests=ns.max_queued_requests,
         memory_fraction=ns.memory_fraction, threads=ns.threads, drain_timeout=ns.drain_timeout,
-        log_interval=ns.log_interval)
+        log_interval=ns.log_interval, limits=_limits(ns))
     return server.run(config)
 
 
@@ -168,6 +185,7 @@ def cmd_ensure(ns):
     from .launcher import ensure_sidecar
 
     _models(ns)
+    _limits(ns)
     info = ensure_sidecar(ns.endpoint_file, _serve_args(ns), watch_pid=ns.watch_pid, wait=ns.wait,
                           timeout=ns.timeout, log_file=ns.log)
     print(json.dumps({"pid": info["pid"], "endpoint": info["endpoint"]}))
@@ -221,6 +239,7 @@ def cmd_embed(ns):
             from .launcher import ensure_sidecar
 
             _models(ns)
+            _limits(ns)
             ensure_sidecar(ns.endpoint_file, _serve_args(ns), watch_pid=ns.watch_pid, log_file=ns.log)
         try:
             with SidecarClient(ns.endpoint_file, ready_timeout=ns.ready_timeout) as client:

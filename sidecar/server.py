@@ -5,7 +5,10 @@ worker thread while the loop already answers `ping` with "loading" -> "ready" ->
 SIGTERM/SIGINT, a `stop` request, an orphan condition (watched pid gone, endpoint file removed or taken
 over) or the idle timeout -> drain accepted work (bounded by --drain-timeout), reject the rest, remove the
 endpoint file and socket, exit 0. The socket loop never computes, so ping/status stay responsive while
-the GPU works.
+the GPU works. Admission is bounded work: a message is checked against protocol.Limits before it is
+parsed, and an embed request is tokenized a step at a time between looks at the socket, so a ping never
+waits for more than one step; a bad request is answered `bad_request` and fails alone; nothing a client
+sends ends the loop.
 """
 
 import collections
@@ -34,6 +37,9 @@ SWITCH_INTERVAL = 0.0005  # seconds; see run()
 PIPELINE_DEPTH = 2  # batches launched on the device before the compute thread waits for the oldest
 POLL = 0.001  # seconds the compute thread waits for new work while a launched batch runs
 FAILED_LINGER = 10.0  # seconds a server whose models failed to load keeps explaining why before exiting
+ADMIT_SLICE = 0.02  # seconds of tokenization in one loop turn, between two looks at the socket
+ADMIT_STEP_CHARS = 65536  # sequence text tokenized in one step of an admission
+ADMIT_BACKLOG = 16  # requests' worth of sequence text (at the size limit) that may wait to be tokenized
 
 
 class StartupError(Exception):
@@ -58,7 +64,7 @@ class ServeConfig:
     drain_timeout: float = 30.0
     log_interval: float = 30.0
     empty_cache_interval: float = 60.0
-    max_message_bytes: int = 256 * 1024 * 1024
+    limits: protocol.Limits = protocol.LIMITS  # what one message may hold (sizes, depth, sequence lengths)
     mode: str = None  # exact | fast; None = fast on CUDA, exact on CPU
     dedup_cache_mb: float = 1024.0  # per model; 0 disables deduplication
     dedup_cache_entries: int = None
@@ -95,6 +101,8 @@ class Server:
         self.urgent = False
         self.last_activity = time.monotonic()
         self.outbox = collections.deque()
+        self.admitting = collections.deque()  # checked embed requests being tokenized, oldest first
+        self.admitting_chars = 0
         self.socket_dir = None
         self.endpoint = None
         self.authenticator = None
@@ -129,7 +137,7 @@ class Server:
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 2000)
-        self.router.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
+        self.router.setsockopt(zmq.MAXMSGSIZE, self.cfg.limits.max_message_bytes)
         auth_info = None
         if self.cfg.tcp:
             host, _, port = str(self.cfg.tcp).rpartition(":")
@@ -241,7 +249,7 @@ class Server:
                     raise run
                 matrix, errors = backend.collect(run)
             except BaseException as exc:  # noqa: BLE001
-                matrix, errors = None, {i: f"{exc.__class__.__name__}: {exc}" for i in range(len(batch))}
+                matrix, errors = _rows_alone(backend, batch, exc)
             done = time.monotonic()
             elapsed, settled = done - settled, done  # busy time since the last batch finished
             for job, row in batch.parts:
@@ -298,7 +306,7 @@ class Server:
         next_tick = time.monotonic()
         drain_deadline = None
         while True:
-            events = dict(poller.poll(timeout=TICK * 1000))
+            events = dict(poller.poll(timeout=0 if self.admitting else TICK * 1000))
             now = time.monotonic()
             if self.wake_recv in events:
                 while True:
@@ -312,15 +320,27 @@ class Server:
                          self.batcher.depth()["requests"])
                 self.state = protocol.DRAINING
                 self.batcher.close()
+                while self.admitting:  # not accepted yet: refused like any request from now on
+                    entry = self.admitting.popleft()
+                    self._reply(entry.identity, protocol.error(entry.request_id, protocol.SHUTTING_DOWN,
+                                                               "the sidecar is shutting down"))
+                self.admitting_chars = 0
                 drain_deadline = now + (0.0 if self.urgent else self.cfg.drain_timeout)
             self._send_finished()
             if self.router in events:
                 for _ in range(1000):  # bounded so the outbox keeps flowing under a flood of requests
+                    # Reading EVENTS makes libzmq take in newly readable peers now; recv alone does so only
+                    # every 100 messages, so a ping would wait behind a whole backlog of one busy client.
+                    self.router.getsockopt(zmq.EVENTS)
                     try:
                         frames = self.router.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._handle(frames)
+                    try:
+                        self._handle(frames)
+                    except Exception:  # noqa: BLE001 - _handle answers its own errors; this is the last guard
+                        log.exception("message of %d frame(s) not handled", len(frames))
+            self._admit()
             if now >= next_tick:
                 next_tick = now + TICK
                 self._housekeeping(now)
@@ -383,15 +403,28 @@ class Server:
             log.warning("reply to client %s dropped: %s", identity.hex(), exc)
 
     def _handle(self, frames):
+        """Answer one message. A bad one gets `bad_request`; an unexpected failure is logged and answered
+        `internal`; neither touches any other request or the loop."""
         if len(frames) < 2:
             return
-        identity, head_frame, extra = frames[0], frames[1], frames[2:]
+        identity, request_id = frames[0], ""
         try:
-            head = protocol.decode_header(head_frame)
+            head = protocol.decode_header(frames[1], self.cfg.limits)
+            request_id = head["id"]
+            self._dispatch(identity, head, frames[2:])
+        except protocol.UnknownModel as exc:
+            self._reply(identity, protocol.error(request_id, protocol.UNKNOWN_MODEL, exc))
         except protocol.ProtocolError as exc:
-            self._reply(identity, protocol.error("", protocol.BAD_REQUEST, exc))
-            return
+            self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, exc))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("internal error on request %r from client %s", request_id[:40], identity.hex()[:10])
+            self._reply(identity, protocol.error(request_id, protocol.INTERNAL,
+                                                 f"internal error ({exc.__class__.__name__}); see the sidecar log"))
+
+    def _dispatch(self, identity, head, extra):
         kind, request_id = head["type"], head["id"]
+        if extra and kind != protocol.EMBED:
+            raise protocol.ProtocolError(f"a {kind!r} request has exactly one frame")
         if kind == protocol.PING:
             self._reply(identity, protocol.pong(request_id, self.state, **self._pong_fields()))
         elif kind == protocol.STATUS:
@@ -403,7 +436,7 @@ class Server:
         elif kind == protocol.EMBED:
             self._handle_embed(identity, head, extra)
         else:
-            self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"unknown request type {kind!r}"))
+            raise protocol.ProtocolError(f"unknown request type {kind[:40]!r}")
 
     def _handle_embed(self, identity, head, extra):
         request_id = head["id"]
@@ -417,28 +450,53 @@ class Server:
         if self.state == protocol.DRAINING:
             self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
             return
-        try:
-            model, ids, seqs = protocol.check_embed_request(head, extra, list(self.backends))
-        except protocol.UnknownModel as exc:
-            self._reply(identity, protocol.error(request_id, protocol.UNKNOWN_MODEL, exc))
+        # Admission: every sequence is checked here and tokenized by _admit, so that a bad one fails its own
+        # request and never a batch it would have shared with others.
+        model, ids, seqs = protocol.check_embed_request(head, extra, list(self.backends), self.cfg.limits)
+        chars = sum(map(len, seqs))
+        if self.admitting and self.admitting_chars + chars > ADMIT_BACKLOG * self.cfg.limits.max_request_chars:
+            self._reply(identity, protocol.error(request_id, protocol.BUSY, "too many requests waiting to be tokenized"))
             return
-        except protocol.ProtocolError as exc:
-            self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, exc))
-            return
-        backend = self.backends[model]
-        try:
-            tokens, token_ids = backend.tokenize_many(seqs)
-        except Exception as exc:
-            self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"cannot tokenize: {exc}"))
-            return
-        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, request_id), token_ids=token_ids)
+        self.admitting.append(_Admission(identity, request_id, model, ids, seqs, chars))
+        self.admitting_chars += chars
+        self.last_activity = time.monotonic()
+
+    def _admit(self):
+        """Tokenize waiting requests for at most ADMIT_SLICE seconds, a step of ADMIT_STEP_CHARS at a time,
+        and hand each complete one to the batcher: a ping waits for one step, never for a whole request."""
+        deadline = time.monotonic() + ADMIT_SLICE
+        while self.admitting and time.monotonic() < deadline:
+            entry = self.admitting[0]
+            try:
+                entry.step(self.backends[entry.model])
+            except Exception as exc:  # noqa: BLE001 - the model's tokenizer refused this request's text
+                self._admitted()
+                self._reply(entry.identity, protocol.error(entry.request_id, protocol.BAD_REQUEST,
+                                                           f"cannot tokenize: {exc.__class__.__name__}: {exc}"))
+                continue
+            if entry.done:
+                self._admitted()
+                try:
+                    self._submit(entry)
+                except Exception as exc:  # noqa: BLE001 - never the loop's end
+                    log.exception("internal error admitting request %r", entry.request_id[:40])
+                    self._reply(entry.identity, protocol.error(entry.request_id, protocol.INTERNAL,
+                                                               f"internal error ({exc.__class__.__name__}); "
+                                                               f"see the sidecar log"))
+
+    def _admitted(self):
+        self.admitting_chars -= self.admitting.popleft().chars
+
+    def _submit(self, entry):
+        job = Job(entry.model, entry.ids, entry.seqs, entry.tokens, self.backends[entry.model].dim,
+                  context=(entry.identity, entry.request_id), token_ids=entry.token_ids)
         self.last_activity = time.monotonic()
         try:
             self.batcher.submit(job)
         except Busy as exc:
-            self._reply(identity, protocol.error(request_id, protocol.BUSY, exc))
+            self._reply(entry.identity, protocol.error(entry.request_id, protocol.BUSY, exc))
         except Closed as exc:
-            self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, exc))
+            self._reply(entry.identity, protocol.error(entry.request_id, protocol.SHUTTING_DOWN, exc))
 
     def _send_finished(self):
         while self.outbox:
@@ -504,11 +562,12 @@ class Server:
             "state": self.state, "pid": self.pid, "host": rendezvous.hostname(), "endpoint": self.endpoint,
             "device": self.device, "mode": self.cfg.mode, "uptime_s": round(time.time() - self.started, 3), "models": models,
             "memory": memory, "error": self.load_error,
-            "queue": {"requests": depth["requests"], "tokens": depth["tokens"],
+            "queue": {"requests": depth["requests"], "tokens": depth["tokens"], "admitting": len(self.admitting),
                       "max_batch_tokens": self.cfg.max_batch_tokens,
                       "max_queued_tokens": self.cfg.max_queued_tokens,
                       "max_queued_requests": self.cfg.max_queued_requests},
             "idle_timeout": self.cfg.idle_timeout, "watch_pid": self.cfg.watch_pid,
+            "limits": dataclasses.asdict(self.cfg.limits),
         }
 
     # ---- teardown -----------------------------------------------------------------------------
@@ -528,8 +587,57 @@ class Server:
                  "removed" if removed else "left to its new owner or already gone")
 
 
+class _Admission:
+    """A checked embed request on its way into the batcher: its token counts (and, for fast models, token
+    ids) so far, made a step at a time."""
+
+    def __init__(self, identity, request_id, model, ids, seqs, chars):
+        self.identity, self.request_id, self.model, self.ids, self.seqs, self.chars = (
+            identity, request_id, model, ids, seqs, chars)
+        self.tokens, self.token_ids = [], []
+
+    @property
+    def done(self):
+        return len(self.tokens) == len(self.seqs)
+
+    def step(self, backend):
+        start = end = len(self.tokens)
+        size = 0
+        while end < len(self.seqs) and (end == start or size + len(self.seqs[end]) <= ADMIT_STEP_CHARS):
+            size += len(self.seqs[end])
+            end += 1
+        counts, arrays = backend.tokenize_many(self.seqs[start:end])
+        self.tokens += counts
+        self.token_ids = None if arrays is None or self.token_ids is None else self.token_ids + list(arrays)
+
+
 def _ready(run):
     return isinstance(run, BaseException) or run.ready()
+
+
+def _one_line(exc):
+    return " ".join(f"{exc.__class__.__name__}: {exc}".split())[:500]
+
+
+def _rows_alone(backend, batch, exc):
+    """A batch failed as a whole: embed its rows one at a time, so that a row fails only if it fails alone
+    and no request loses its vectors to a batch mate. Returns (matrix, {row: one-line error})."""
+    if len(batch) == 1:
+        return None, {0: _one_line(exc)}
+    import numpy as np
+
+    token_ids = batch.token_ids
+    matrix, errors = np.zeros((len(batch), backend.dim), dtype=np.float32), {}
+    for row, seq in enumerate(batch.seqs):
+        try:
+            vectors, row_errors = backend.embed_rows([seq], None if token_ids is None else [token_ids[row]])
+        except Exception as row_exc:  # noqa: BLE001
+            vectors, row_errors = None, {0: _one_line(row_exc)}
+        if row_errors:
+            errors[row] = row_errors[0]
+        else:
+            matrix[row] = vectors[0]
+    return matrix, errors
 
 
 def _default_socket_base():
