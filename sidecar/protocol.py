@@ -63,12 +63,13 @@ class Limits:
     costs ESM-2 3B about 32 GB of transient fp32 attention in exact mode (40 heads x L^2), a 10,000-nt
     sequence is ~2,100 DNABERT-S tokens; the cost of the Rust BPE grows faster than linearly (one 64 MiB
     sequence held the socket thread for minutes). A request holds at most 1,024 sequences and 1 MiB of
-    sequence text (what the client puts in one request), so admission (parse, check, tokenize) stays well
-    under a second and a ping waits for at most one request. Ids are at most 1,000 characters; even with
-    every character JSON-escaped, a request at every limit fits in `max_header_bytes`, which bounds the JSON parse. Depth
-    16 covers every header of the protocol (status replies nest 4 deep). `max_message_bytes` is the
-    socket's own cap (ZeroMQ MAXMSGSIZE): a larger frame is dropped with its connection, unanswered, so
-    it is kept well above `max_header_bytes`, where a request is still answered `bad_request`.
+    sequence text (the sizes the client splits its input at), so checking and tokenizing one stays well
+    under a second. Ids are at most 1,000 characters; even with every character JSON-escaped, a request
+    at every limit fits in `max_header_bytes`, which bounds the JSON parse. Depth 16 covers every header
+    of the protocol (status replies nest 4 deep). `max_message_bytes` is the socket's own cap (ZeroMQ
+    MAXMSGSIZE): a larger frame is dropped with its connection, unanswered, so it is kept well above
+    `max_header_bytes`, below which a request is still answered `bad_request`. The serve options
+    --max-seq-len-esm2 / --max-seq-len-dnabert-s set the two sequence lengths.
     """
 
     max_header_bytes: int = 16 * 2**20
@@ -230,7 +231,8 @@ def check_embed_request(head, extra_frames, models_known, limits=LIMITS):
         if type(name) is not str or type(seq) is not str:
             raise ProtocolError("ids and sequences must be strings")
         if len(name) > limits.max_id_chars or not _encodable(name):
-            raise ProtocolError(f"id {_short(name)} is longer than {limits.max_id_chars} characters or not valid Unicode")
+            raise ProtocolError(f"id {_short(name)} is longer than {limits.max_id_chars} characters "
+                                f"or not valid Unicode")
         if not seq:
             raise ProtocolError(f"sequence {_short(name)} is empty")
         if len(seq) > max_len:

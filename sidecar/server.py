@@ -455,7 +455,8 @@ class Server:
         model, ids, seqs = protocol.check_embed_request(head, extra, list(self.backends), self.cfg.limits)
         chars = sum(map(len, seqs))
         if self.admitting and self.admitting_chars + chars > ADMIT_BACKLOG * self.cfg.limits.max_request_chars:
-            self._reply(identity, protocol.error(request_id, protocol.BUSY, "too many requests waiting to be tokenized"))
+            self._reply(identity, protocol.error(request_id, protocol.BUSY,
+                                                 "too many requests waiting to be tokenized"))
             return
         self.admitting.append(_Admission(identity, request_id, model, ids, seqs, chars))
         self.admitting_chars += chars

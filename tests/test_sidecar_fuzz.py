@@ -11,7 +11,6 @@ the server answers a clean request with the very vectors it gave before the fuzz
 """
 
 import json
-import string
 
 import numpy as np
 import pytest
@@ -308,7 +307,8 @@ def test_server_fuzz_mutated_frames(fuzzed, models, frame):
 
 @pytest.mark.process
 @fuzz(500)
-@given(headers(short_only=True, types=("ping", "status", "embed", "embed", "bogus")), st.sampled_from(["ascii", "utf8"]))
+@given(headers(short_only=True, types=("ping", "status", "embed", "embed", "bogus")),
+       st.sampled_from(["ascii", "utf8"]))
 def test_server_fuzz_structured_headers(fuzzed, models, head, how):
     send(fuzzed, [serialize(head, how)], models)
 

@@ -96,7 +96,8 @@ def test_a_request_at_every_limit_fits_in_the_header_limit():
 ])
 def test_sequences_outside_the_model_alphabet_are_refused(model, seq, position):
     bad = seq[position - 1]
-    refused(protocol.embed(model, ["s"], [seq])[0], re.escape(f"sequence 's' has {bad!r} at position {position}, which"))
+    message = f"sequence 's' has {bad!r} at position {position}, which"
+    refused(protocol.embed(model, ["s"], [seq])[0], re.escape(message))
 
 
 @pytest.mark.unit
