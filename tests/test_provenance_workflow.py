@@ -141,3 +141,18 @@ def test_a_sidecar_with_other_models_or_mode_is_refused(demo_models, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.mark.workflow
+def test_a_wrong_model_stops_the_run_before_any_work(demo_models, tmp_path):
+    models = {"esm2": str(demo_models / "500_model.pth"), "dnabert_s": str(demo_models / "dnabert_s_demo"),
+              "classifiers": {"300": str(demo_models / "300_model.pth"), "500": str(demo_models / "500_model.pth")}}
+    write_config(tmp_path, demo_models=False, models=models)
+    proc = snakemake(tmp_path, "--cores", "2", check=False)
+    assert proc.returncode != 0
+    assert f"config models.esm2: {demo_models / '500_model.pth'} is not a fair-esm ESM-2 checkpoint" in proc.stdout
+    assert not (tmp_path / "results").exists()  # nothing was chunked
+    models["esm2"] = str(tmp_path / "missing.pt")
+    write_config(tmp_path, demo_models=False, models=models)
+    proc = snakemake(tmp_path, "--cores", "2", "-n", check=False)
+    assert proc.returncode != 0 and "config models.esm2: ESM-2 checkpoint not found" in proc.stdout
