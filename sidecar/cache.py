@@ -16,7 +16,7 @@ def content_key(model, seq):
     h = hashlib.blake2b(digest_size=16)
     h.update(model.encode())
     h.update(b"\0")
-    h.update(seq.encode())
+    h.update(seq.encode("utf-8", "surrogatepass"))  # total: no text can fail its batch here
     return h.digest()
 
 

@@ -1,54 +1,31 @@
-"""The sidecar server: a ROUTER socket loop in the main thread, model loading and compute in one worker thread.
+"""A sidecar process: its configuration, and the two threads that serve it.
 
-Lifecycle: bind -> write the endpoint file (before torch is even imported) -> load the models in the
-worker thread while the loop already answers `ping` with "loading" -> "ready" -> serve -> stop on
-SIGTERM/SIGINT, a `stop` request, an orphan condition (watched pid gone, endpoint file removed or taken
-over) or the idle timeout -> drain accepted work (bounded by --drain-timeout), reject the rest, remove the
-endpoint file and socket, exit 0. The socket loop never computes, so ping/status stay responsive while
-the GPU works. An endpoint file or log that may be another user's is refused at start (safe_files), and one
-that replaces ours later stops the server.
-Replies go through sidecar.replies: never dropped silently, and a resent request id is
-answered without computing it twice. Pongs carry the queue depth and the recent throughput, from which
-clients derive their timeouts.
+Lifecycle: bind and write the endpoint file (before torch is even imported; sidecar.listener) -> the
+compute thread loads the models (sidecar.compute) while the socket thread already answers `ping` with
+"loading" (sidecar.router) -> "ready" -> serve -> stop on SIGTERM/SIGINT, a `stop` request, an orphan
+condition (watched pid gone, endpoint file removed or taken over) or the idle timeout -> drain accepted
+work (bounded by --drain-timeout), reject the rest, remove the endpoint file and socket, exit 0.
 """
 
-import collections
 import dataclasses
-import functools
 import logging
 import os
-import shutil
-import signal
-import stat
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
-
-import zmq
 
 from virnucflow.provenance import package_versions
 
-from . import auth, protocol, rendezvous, safe_files
-from .batcher import Batcher, Busy, Closed, Job
-from .replies import Outbox, Requests
+from . import protocol
+from .batcher import Batcher
+from .compute import Compute
+from .listener import Listener, StartupError, refuse_if_taken
+from .router import Router
 
 log = logging.getLogger("sidecar")
-_VERSIONS = package_versions()
 
-TICK = 0.5  # seconds between housekeeping checks (orphan, idle, throughput log)
-SOCKET_PREFIX = "virnucflow-sidecar-"
 SWITCH_INTERVAL = 0.0005  # seconds; see run()
-PIPELINE_DEPTH = 2  # batches launched on the device before the compute thread waits for the oldest
-POLL = 0.001  # seconds the compute thread waits for new work while a launched batch runs
-FAILED_LINGER = 10.0  # seconds a server whose models failed to load keeps explaining why before exiting
-RETRY_POLL = 0.005  # seconds between retries of replies that wait for a full client pipe
-RATE_WINDOW = 60.0  # seconds of finished requests over which the reported throughput is measured
 
-
-class StartupError(Exception):
-    """The server cannot start (one-line message)."""
+__all__ = ["ServeConfig", "StartupError", "serve", "run"]
 
 
 @dataclasses.dataclass
@@ -76,8 +53,7 @@ class ServeConfig:
     secret_file: str = None
     socket_dir: str = None
     watch_pid: int = None
-    empty_cache_interval: float = 60.0
-    max_message_bytes: int = 256 * 1024 * 1024
+    limits: protocol.Limits = protocol.LIMITS  # what one message may hold (sizes, depth, sequence lengths)
 
     @classmethod
     def from_settings(cls, settings, endpoint_file, **listen):
@@ -93,569 +69,34 @@ class ServeConfig:
                    drain_timeout=settings.drain_timeout, log_interval=settings.log_interval,
                    dedup_cache_mb=settings.dedup_cache_mb, dedup_cache_entries=settings.dedup_cache_entries,
                    unsafe_trust_pickle=settings.unsafe_trust_pickle, reply_cache_mb=settings.reply_cache_mb,
-                   **listen)
+                   limits=settings.limits(), **listen)
 
 
-class ModelStats:
-    def __init__(self):
-        self.requests = 0
-        self.sequences = 0
-        self.tokens = 0
-        self.errors = 0
-        self.compute_s = 0.0
-
-
-class Server:
-    def __init__(self, config):
-        self.cfg = config
-        self.pid = os.getpid()
-        self.state = protocol.LOADING
-        self.load_error = None
-        self.backends = {}
-        self.device = config.device
-        self.fingerprints = {}
-        self.gpu_name = None
-        self.started = time.time()
-        self.stats = {name: ModelStats() for name in config.models}
-        # fast mode: DNABERT-S batches get 4x the budget (a 768-wide model needs more tokens per launch)
-        per_model = {"dnabert_s": 4 * config.max_batch_tokens} if config.mode == "fast" else {}
-        self.batcher = Batcher(config.max_batch_tokens, config.max_queued_tokens, config.max_queued_requests,
-                               model_batch_tokens=per_model)
-        self.stop_reason = None
-        self.urgent = False
-        self.last_activity = time.monotonic()
-        self.outbox = collections.deque()  # finished jobs, from the compute thread to the socket loop
-        self.requests = Requests(config.reply_cache_mb * 2**20)
-        self._finished_recently = collections.deque()  # (finished, tokens, compute_s), last RATE_WINDOW s
-        self._window_tokens, self._window_seconds = 0, 0.0
-        self.socket_dir = None
-        self.endpoint = None
-        self.authenticator = None
-        self._worker_stop = threading.Event()
-        self.loaded = threading.Event()  # set once loading has ended, well or badly
-        self._tokens_since_log = collections.Counter()
-        self._last_log = time.monotonic()
-        self._failed_at = None
-        self._watch_ticks = rendezvous.start_ticks(config.watch_pid) if config.watch_pid else None
-
-    # ---- setup ------------------------------------------------------------------------------
-
-    def _refuse_if_taken(self):
-        try:
-            info = rendezvous.read(self.cfg.endpoint_file)
-        except rendezvous.RendezvousError:
-            return
-        except safe_files.UnsafePath as exc:
-            raise StartupError(str(exc)) from None
-        if not rendezvous.is_local(info) or info["pid"] == self.pid:
-            return
-        if rendezvous.pid_alive(info["pid"], info.get("pid_start")):
-            raise StartupError(f"endpoint file {self.cfg.endpoint_file} already names a running "
-                               f"{rendezvous.describe(info)}; stop it first (sidecar stop --endpoint-file "
-                               f"{self.cfg.endpoint_file})")
-        # A predecessor killed with SIGKILL left its private socket directory behind: remove it.
-        endpoint = str(info.get("endpoint", ""))
-        if endpoint.startswith("ipc://"):
-            stale = Path(endpoint[len("ipc://"):]).parent
-            try:
-                safe_files.check_path(stale, "socket directory", "directory")
-            except (OSError, safe_files.UnsafePath):
-                return
-            if stale.name.startswith(SOCKET_PREFIX):
-                shutil.rmtree(stale, ignore_errors=True)
-
-    def _bind(self):
-        self.context = zmq.Context()
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 2000)
-        self.router.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
-        auth_info = None
-        if self.cfg.tcp:
-            host, _, port = str(self.cfg.tcp).rpartition(":")
-            host = host or "127.0.0.1"  # loopback unless told otherwise
-            if not port.isdigit():
-                raise StartupError(f"--tcp wants [HOST:]PORT, got {self.cfg.tcp!r}")
-            if not self.cfg.secret_file:
-                raise StartupError("--tcp needs --secret-file (created if missing): TCP is never open without a secret")
-            try:
-                keys = auth.load_or_create(self.cfg.secret_file)
-            except auth.SecretError as exc:
-                raise StartupError(str(exc)) from None
-            self.authenticator = auth.setup_server(self.context, self.router, keys)
-            try:
-                self.router.bind(f"tcp://{host}:{port}")
-            except zmq.ZMQError as exc:
-                raise StartupError(f"cannot listen on {host}:{port}: {exc}") from None
-            bound_port = self.router.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
-            public_host = rendezvous.hostname() if host in ("0.0.0.0", "*", "::") else host
-            self.endpoint = f"tcp://{public_host}:{bound_port}"
-            auth_info = {"mechanism": "curve", "secret_file": str(Path(self.cfg.secret_file).resolve()),
-                         "server_public_key": keys["server_public"].decode("ascii")}
-        else:
-            base = self.cfg.socket_dir or _default_socket_base()
-            self.socket_dir = tempfile.mkdtemp(prefix=SOCKET_PREFIX, dir=base)  # new, ours, mode 0700
-            path = os.path.join(self.socket_dir, "socket")
-            if len(path.encode()) > 100:
-                raise StartupError(f"ipc socket path {path} is too long for the OS; use a shorter --socket-dir")
-            old_umask = os.umask(0o077)
-            try:
-                self.router.bind(f"ipc://{path}")
-            finally:
-                os.umask(old_umask)
-            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-            self.endpoint = f"ipc://{path}"
-        self.wake_recv = self.context.socket(zmq.PAIR)
-        self.wake_recv.bind(f"inproc://wake-{id(self)}")
-        self.wake_send = self.context.socket(zmq.PAIR)
-        self.wake_send.connect(f"inproc://wake-{id(self)}")
-        return auth_info
-
-    def _write_rendezvous(self, auth_info):
-        rendezvous.write(self.cfg.endpoint_file, {
-            "protocol": protocol.PROTOCOL, "version": protocol.VERSION, "endpoint": self.endpoint,
-            "pid": self.pid, "pid_start": rendezvous.start_ticks(self.pid), "host": rendezvous.hostname(),
-            "models": {name: {"source": src, "revision": rev} for name, (src, rev) in self.cfg.models.items()},
-            "device": self.cfg.device, "auth": auth_info, "started": self.started,
-        })
-
-    # ---- worker thread: load, then compute ----------------------------------------------------
-
-    def _worker(self):
-        try:
-            from . import backends
-
-            start = time.monotonic()
-            self.device = backends.configure_device(self.cfg.device, self.cfg.memory_fraction, self.cfg.threads)
-            self.gpu_name = backends.gpu_name(self.device)
-            # before loading, so that a model file changed since its fetch stops the load
-            self.fingerprints = _fingerprints(self.cfg.models)
-            for name, (source, revision) in self.cfg.models.items():
-                backend = backends.make_backend(
-                    name, source, device=self.device, revision=revision, mode=self.cfg.mode,
-                    cache_bytes=int(self.cfg.dedup_cache_mb * 2**20), cache_entries=self.cfg.dedup_cache_entries,
-                    max_batch_tokens=self.batcher.model_batch_tokens.get(name, self.cfg.max_batch_tokens),
-                    trusted=self.cfg.unsafe_trust_pickle)
-                backend.load()
-                log.info("loaded %s from %s: %s, dim %d, %s mode, %.2f s", name, source, backend.name, backend.dim,
-                         self.cfg.mode, backend.load_seconds)
-                self.backends[name] = backend
-            self.loaded.set()
-            if self.state == protocol.LOADING:
-                self.state = protocol.READY
-            self.last_activity = time.monotonic()
-            log.info("ready on %s after %.2f s (endpoint %s)", self.device, time.monotonic() - start, self.endpoint)
-        except BaseException as exc:  # a broken model or device: say why, then exit after FAILED_LINGER
-            self.load_error = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:1000]
-            self.state = protocol.FAILED
-            self.loaded.set()
-            log.error("model loading failed: %s", self.load_error)
-            self._wake()
-            return
-        last_release = time.monotonic()
-        inflight = collections.deque()  # (batch, backend, launched run) in launch order
-        settled = time.monotonic()  # when the compute thread last finished a batch or sat idle
-        while not self._worker_stop.is_set():
-            # Launch up to PIPELINE_DEPTH batches before waiting for the oldest, so that the GPU runs one
-            # batch while this thread prepares the next and scatters the last.
-            batch = self.batcher.next_batch(timeout=POLL if inflight else TICK)
-            now = time.monotonic()
-            if batch is not None:
-                if not inflight:
-                    settled = now
-                backend = self.backends[batch.model]
-                try:
-                    run = backend.launch_rows(batch.seqs, batch.token_ids)
-                except BaseException as exc:  # noqa: BLE001 - reported per row
-                    run = exc
-                inflight.append((batch, backend, run))
-                if len(inflight) < PIPELINE_DEPTH:
-                    continue
-            elif not inflight:
-                if now - last_release > self.cfg.empty_cache_interval:
-                    backends.release_cache(self.device)
-                    last_release = now
-                continue
-            elif not _ready(inflight[0][2]):
-                continue  # the device is still busy: keep looking for work to queue behind it
-            batch, backend, run = inflight.popleft()
-            try:
-                if isinstance(run, BaseException):
-                    raise run
-                matrix, errors = backend.collect(run)
-            except BaseException as exc:  # noqa: BLE001
-                matrix, errors = None, {i: f"{exc.__class__.__name__}: {exc}" for i in range(len(batch))}
-            done = time.monotonic()
-            elapsed, settled = done - settled, done  # busy time since the last batch finished
-            for job, row in batch.parts:
-                job.compute_s += elapsed * job.tokens[row] / max(batch.tokens, 1)
-            finished = self.batcher.complete(batch, matrix, errors)
-            if not inflight and done - last_release > self.cfg.empty_cache_interval:
-                backends.release_cache(self.device)
-                last_release = time.monotonic()
-            if finished:
-                self.outbox.extend(finished)
-                self._wake()
-
-    def _wake(self):
-        with self._wake_lock:
-            self.wake_send.send(b"")
-
-    # ---- socket loop --------------------------------------------------------------------------
-
-    def serve(self):
-        """Run until stopped; returns the process exit code."""
-        self._refuse_if_taken()
-        self._wake_lock = threading.Lock()
-        try:
-            self._write_rendezvous(self._bind())
-            self.replies = Outbox(self.router)
-            log.info("pid %d bound %s, endpoint file %s; loading %s on %s", self.pid, self.endpoint,
-                     self.cfg.endpoint_file, ", ".join(self.cfg.models), self.cfg.device)
-            self._install_signals()
-            worker = threading.Thread(target=self._worker, name="sidecar-compute", daemon=True)
-            worker.start()
-            code = self._loop()
-            self._worker_stop.set()
-            if self.loaded.is_set():  # a model load cannot be interrupted: do not wait for one
-                worker.join(timeout=2.0)
-            return code
-        finally:
-            self._cleanup()
-
-    def _install_signals(self):
-        def handler(signum, _frame):
-            name = signal.Signals(signum).name
-            if self.stop_reason is None:
-                self.stop_reason = f"{name} received"
-            else:
-                self.urgent = True
-                self.stop_reason = f"second signal ({name})"
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
-    def _loop(self):
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.wake_recv, zmq.POLLIN)
-        next_tick = time.monotonic()
-        drain_deadline = None
-        while True:
-            events = dict(poller.poll(timeout=(RETRY_POLL if self.replies.count else TICK) * 1000))
-            now = time.monotonic()
-            if self.wake_recv in events:
-                while True:
-                    try:
-                        self.wake_recv.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-            if self.stop_reason and drain_deadline is None and self.state != protocol.FAILED:
-                # before reading new requests, so that none is accepted after a stop was asked for
-                log.info("stopping: %s; draining %d queued request(s)", self.stop_reason,
-                         self.batcher.depth()["requests"])
-                self.state = protocol.DRAINING
-                self.batcher.close()
-                drain_deadline = now + (0.0 if self.urgent else self.cfg.drain_timeout)
-            self._send_finished()
-            self.replies.flush()
-            if self.router in events:
-                for _ in range(1000):  # bounded so the outbox keeps flowing under a flood of requests
-                    try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(frames)
-            if now >= next_tick:
-                next_tick = now + TICK
-                self._housekeeping(now)
-            if self.state == protocol.FAILED:
-                self._failed_at = self._failed_at or now
-                if self.stop_reason or now - self._failed_at > FAILED_LINGER:
-                    return 1
-                continue
-            if drain_deadline is None:
-                continue
-            if self.urgent:
-                drain_deadline = min(drain_deadline, now)
-            if now >= drain_deadline:
-                cancelled = self.batcher.cancel_pending("the sidecar is shutting down")
-                if cancelled:
-                    self.outbox.extend(cancelled)
-                    self._send_finished()
-                # the batch the worker holds still finishes; give it a bounded grace
-                if self.batcher.depth()["requests"] == 0 or now >= drain_deadline + 60.0:
-                    return 0
-            elif self.batcher.depth()["requests"] == 0:
-                return 0
-
-    def _housekeeping(self, now):
-        if self.stop_reason is None:
-            reason = self._orphan_reason(now)
-            if reason:
-                self.stop_reason = reason
-        if now - self._last_log >= self.cfg.log_interval:
-            span = now - self._last_log
-            depth = self.batcher.depth()
-            if not sum(self._tokens_since_log.values()) and not depth["requests"]:
-                self._last_log = now
-                return  # nothing to report while idle
-            rates = ", ".join(f"{name} {self._tokens_since_log[name] / span:.0f} tok/s" for name in self.stats)
-            log.info("throughput: %s; queue %d request(s), %d tokens", rates, depth["requests"], depth["tokens"])
-            self._tokens_since_log.clear()
-            self._last_log = now
-
-    def _orphan_reason(self, now):
-        if self.cfg.watch_pid and not rendezvous.pid_alive(self.cfg.watch_pid, self._watch_ticks):
-            return f"watched pid {self.cfg.watch_pid} is gone"
-        try:
-            info = rendezvous.read(self.cfg.endpoint_file)
-        except rendezvous.RendezvousError:
-            return f"endpoint file {self.cfg.endpoint_file} was removed"
-        except safe_files.UnsafePath as exc:
-            return f"endpoint file replaced: {exc}"
-        if info.get("pid") != self.pid:
-            return f"endpoint file {self.cfg.endpoint_file} now names pid {info.get('pid')}"
-        if (self.cfg.idle_timeout and self.state == protocol.READY and self.batcher.depth()["requests"] == 0
-                and now - self.last_activity > self.cfg.idle_timeout):
-            return f"idle for {self.cfg.idle_timeout:g} s"
-        return None
-
-    # ---- requests -----------------------------------------------------------------------------
-
-    def _reply(self, identity, frames, on_done=None):
-        self.replies.send(identity, frames, on_done)
-
-    def _handle(self, frames):
-        if len(frames) < 2:
-            return
-        identity, head_frame, extra = frames[0], frames[1], frames[2:]
-        try:
-            head = protocol.decode_header(head_frame)
-        except protocol.ProtocolError as exc:
-            self._reply(identity, protocol.error("", protocol.BAD_REQUEST, exc))
-            return
-        kind, request_id = head["type"], head["id"]
-        if kind == protocol.PING:
-            self._reply(identity, protocol.pong(request_id, self.state, **self._pong_fields()))
-        elif kind == protocol.STATUS:
-            self._reply(identity, protocol.status_reply(request_id, self.status()))
-        elif kind == protocol.STOP:
-            self._reply(identity, protocol.stopping(request_id))
-            if self.stop_reason is None:
-                self.stop_reason = "stop request"
-        elif kind == protocol.EMBED:
-            self._handle_embed(identity, head, extra)
-        else:
-            self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"unknown request type {kind!r}"))
-
-    def _handle_embed(self, identity, head, extra):
-        request_id = head["id"]
-        if self.state == protocol.LOADING:
-            self._reply(identity, protocol.error(request_id, protocol.NOT_READY, "models are still loading"))
-            return
-        if self.state == protocol.FAILED:
-            self._reply(identity, protocol.error(request_id, protocol.LOAD_FAILED,
-                                                 f"the sidecar could not load its models: {self.load_error}"))
-            return
-        try:
-            model, ids, seqs = protocol.check_embed_request(head, extra, list(self.backends))
-        except protocol.UnknownModel as exc:
-            self._reply(identity, protocol.error(request_id, protocol.UNKNOWN_MODEL, exc))
-            return
-        except protocol.ProtocolError as exc:
-            self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, exc))
-            return
-        key = Requests.key(request_id, model, ids, seqs)
-        if self._resent(identity, key):
-            return
-        if self.state == protocol.DRAINING:
-            self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
-            return
-        backend = self.backends[model]
-        try:
-            tokens, token_ids = backend.tokenize_many(seqs)
-        except Exception as exc:
-            self._reply(identity, protocol.error(request_id, protocol.BAD_REQUEST, f"cannot tokenize: {exc}"))
-            return
-        job = Job(model, ids, seqs, tokens, backend.dim, context=(identity, key), token_ids=token_ids)
-        self.last_activity = time.monotonic()
-        try:
-            self.batcher.submit(job)
-        except Busy as exc:
-            self._reply(identity, protocol.error(request_id, protocol.BUSY, exc))
-            return
-        except Closed as exc:
-            self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, exc))
-            return
-        self.requests.inflight[key] = job
-
-    def _resent(self, identity, key):
-        """Answer an embed request seen before (same id, same content) without computing it again."""
-        job, answered = self.requests.find(key)
-        if job is not None:
-            job.context = (identity, key)  # the client retried from a new socket: answer there
-            log.info("embed %s sent again by client %s while in flight: the reply goes there", key[0][:12],
-                     identity.hex()[:10])
-        elif answered is not None:
-            self._reply(identity, answered)
-            log.info("embed %s sent again by client %s: answered from the reply cache", key[0][:12],
-                     identity.hex()[:10])
-        return job is not None or answered is not None
-
-    def _send_finished(self):
-        while self.outbox:
-            job = self.outbox.popleft()
-            identity, key = job.context
-            request_id = key[0]
-            release = functools.partial(self.batcher.release, job)  # once the reply has left
-            stats = self.stats[job.model]
-            queue_wait = (job.started or job.finished) - job.submitted
-            compute = job.compute_s
-            if job.error is None:
-                timing = {"queue_wait_s": round(queue_wait, 6), "compute_s": round(compute, 6),
-                          "tokens": job.total_tokens}
-                frames = protocol.result(request_id, job.model, job.ids, job.result, timing)
-                self.requests.finish(key, frames)
-                self._reply(identity, frames, release)
-                self._note_throughput(job.finished, job.total_tokens, compute)
-                stats.requests += 1
-                stats.sequences += len(job.seqs)
-                stats.tokens += job.total_tokens
-                stats.compute_s += compute
-                self._tokens_since_log[job.model] += job.total_tokens
-                outcome = "ok"
-            else:
-                code = protocol.SHUTTING_DOWN if job.cancelled else protocol.INTERNAL
-                self.requests.finish(key)
-                self._reply(identity, protocol.error(request_id, code, job.error), release)
-                stats.errors += 1
-                outcome = f"error ({job.error})"
-            self.last_activity = time.monotonic()
-            log.info("embed %s client=%s model=%s seqs=%d tokens=%d queue_wait=%.4fs compute=%.4fs total=%.4fs %s",
-                     request_id[:12], identity.hex()[:10], job.model, len(job.seqs), job.total_tokens, queue_wait,
-                     compute, job.finished - job.submitted, outcome)
-
-    # ---- reports ------------------------------------------------------------------------------
-
-    def _note_throughput(self, finished, tokens, compute_s):
-        self._finished_recently.append((finished, tokens, compute_s))
-        self._window_tokens += tokens
-        self._window_seconds += compute_s
-
-    def _rate(self):
-        """Tokens per second of compute over the requests finished in the last RATE_WINDOW s, or None."""
-        window, oldest = self._finished_recently, time.monotonic() - RATE_WINDOW
-        while window and window[0][0] < oldest:
-            _, tokens, seconds = window.popleft()
-            self._window_tokens -= tokens
-            self._window_seconds -= seconds
-        if not window:
-            self._window_tokens, self._window_seconds = 0, 0.0
-            return None
-        return round(self._window_tokens / self._window_seconds, 1) if self._window_seconds > 0 else None
-
-    def _pong_fields(self):
-        fields = {"pid": self.pid}
-        if self.state in (protocol.READY, protocol.DRAINING):
-            fields["models"] = {name: {"dim": b.dim, "name": b.name} for name, b in self.backends.items()}
-            fields["served"] = self._served()
-            depth = self.batcher.depth()
-            fields["queue"] = {"requests": depth["requests"], "tokens": depth["tokens"]}
-            fields["rate_tokens_per_s"] = self._rate()
-        if self.load_error:
-            fields["error"] = self.load_error
-        return fields
-
-    def _served(self):
-        """What produces this sidecar's vectors, for clients to check and to record with their results."""
-        return {"mode": self.cfg.mode, "device": self.device, "gpu_name": self.gpu_name,
-                "fingerprints": self.fingerprints, "versions": _VERSIONS,
-                "models": {name: {"source": src, "revision": rev, "name": self.backends[name].name,
-                                  "dim": self.backends[name].dim}
-                           for name, (src, rev) in self.cfg.models.items() if name in self.backends}}
-
-    def status(self):
-        models = {}
-        for name, (source, revision) in self.cfg.models.items():
-            backend = self.backends.get(name)
-            st = self.stats[name]
-            models[name] = {
-                "source": source, "revision": revision,
-                "name": backend.name if backend else None, "dim": backend.dim if backend else None,
-                "loads": backend.loads if backend else 0,
-                "load_seconds": round(backend.load_seconds, 3) if backend and backend.load_seconds else None,
-                "requests": st.requests, "sequences": st.sequences, "tokens": st.tokens, "errors": st.errors,
-                "compute_s": round(st.compute_s, 3),
-                "dedup": backend.cache.stats() if backend else None,
-            }
-        memory = {"rss_bytes": _rss_bytes()}
-        if self.loaded.is_set() and self.state != protocol.FAILED:
-            from . import backends
-
-            cuda = backends.cuda_memory(self.device)
-            if cuda:
-                memory["cuda"] = cuda
-        depth = self.batcher.depth()
-        return {
-            "state": self.state, "pid": self.pid, "host": rendezvous.hostname(), "endpoint": self.endpoint,
-            "device": self.device, "gpu_name": self.gpu_name, "mode": self.cfg.mode,
-            "fingerprints": self.fingerprints, "versions": _VERSIONS,
-            "uptime_s": round(time.time() - self.started, 3), "models": models,
-            "memory": memory, "error": self.load_error,
-            "queue": {"requests": depth["requests"], "tokens": depth["tokens"],
-                      "rate_tokens_per_s": self._rate(), "replies_waiting": self.replies.count,
-                      "replies_dropped": self.replies.dropped, "reply_cache_bytes": self.requests.bytes,
-                      "max_batch_tokens": self.cfg.max_batch_tokens,
-                      "max_queued_tokens": self.cfg.max_queued_tokens,
-                      "max_queued_requests": self.cfg.max_queued_requests},
-            "idle_timeout": self.cfg.idle_timeout, "watch_pid": self.cfg.watch_pid,
-        }
-
-    # ---- teardown -----------------------------------------------------------------------------
-
-    def _cleanup(self):
-        removed = rendezvous.remove_if_ours(self.cfg.endpoint_file, self.pid)
-        if self.socket_dir:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
-        if self.authenticator is not None:
-            self.authenticator.stop()
-        for sock in ("wake_send", "wake_recv", "router"):
-            if hasattr(self, sock):
-                getattr(self, sock).close()
-        if hasattr(self, "context"):
-            self.context.term()
-        log.info("stopped (%s); endpoint file %s", self.stop_reason or self.load_error or "exit",
-                 "removed" if removed else "left to its new owner or already gone")
-
-
-def _fingerprints(models):
-    from virnucflow.fingerprint import model_fingerprints
-
-    esm2, dnabert = models.get("esm2"), models.get("dnabert_s")
-    return model_fingerprints(esm2 and esm2[0], dnabert and dnabert[0], dnabert and dnabert[1])
-
-
-def _ready(run):
-    return isinstance(run, BaseException) or run.ready()
-
-
-def _default_socket_base():
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
-        return runtime
-    return tempfile.gettempdir()
-
-
-def _rss_bytes():
+def serve(cfg):
+    """Serve until stopped; returns the process exit code."""
+    pid, started = os.getpid(), time.time()
+    refuse_if_taken(cfg.endpoint_file, pid)
+    # fast mode: DNABERT-S batches get 4x the budget (a 768-wide model needs more tokens per launch)
+    per_model = {"dnabert_s": 4 * cfg.max_batch_tokens} if cfg.mode == "fast" else {}
+    batcher = Batcher(cfg.max_batch_tokens, cfg.max_queued_tokens, cfg.max_queued_requests,
+                      model_batch_tokens=per_model)
+    listener = Listener(cfg)
+    router = None
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        listener.write_endpoint_file(pid, started)
+        log.info("pid %d bound %s, endpoint file %s; loading %s on %s", pid, listener.endpoint, cfg.endpoint_file,
+                 ", ".join(cfg.models), cfg.device)
+        compute = Compute(cfg, batcher, lambda jobs: router.on_finished(jobs))
+        router = Router(cfg, listener, batcher, compute, pid, started, package_versions())
+        router.install_signals()
+        compute.start()
+        code = router.loop()
+        compute.stop()
+        return code
+    finally:
+        removed = listener.close(pid)
+        reason = (router and router.stop_reason) or (router and router.compute.load_error) or "exit"
+        log.info("stopped (%s); endpoint file %s", reason, "removed" if removed else "left to its new owner or gone")
 
 
 def run(settings, endpoint_file, **listen):
@@ -668,9 +109,9 @@ def run(settings, endpoint_file, **listen):
     # The compute thread issues many short GPU launches, each needing the GIL; with the default 5 ms switch
     # interval a busy socket thread (decoding, tokenizing) makes it wait up to 5 ms per hand-over.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    code = Server(ServeConfig.from_settings(settings, endpoint_file, **listen)).serve()
+    code = serve(ServeConfig.from_settings(settings, endpoint_file, **listen))
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    # The worker may still be inside a model load that cannot be interrupted: do not wait for it.
+    # The compute thread may still be inside a model load that cannot be interrupted: do not wait for it.
     os._exit(code)

@@ -131,3 +131,29 @@ def test_run_info_gathers_the_parts(models, tmp_path):
     assert [d["device"] for d in info["embedding"]["devices"]] == ["cuda:0", "cuda:1"]
     assert info["chunk_size"] == 500 and info["versions"]["snakemake"] and info["ended_at"]
     assert info["virnucflow"]["version"]
+
+
+def test_every_config_setting_is_in_the_schema_and_documented_with_its_default():
+    import yaml
+
+    from workflow_runs import REPO
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    readme = (REPO / "config" / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in readme.splitlines()
+            if line.startswith("| `")}
+    for section in ("models", "embedding"):
+        properties = schema["properties"][section]["properties"]
+        for key, f in EmbeddingSettings.config_keys(section).items():
+            assert key in properties, f"{section}.{key} is not in the config schema"
+            assert "default" not in properties[key], f"{section}.{key}: the default lives in EmbeddingSettings"
+            documented = rows.get(f"{section}.{key}")
+            assert documented is not None, f"{section}.{key} is not in config/README.md"
+            if key in schema["properties"][section].get("required", ()):
+                assert documented == "(required)", f"{section}.{key} is required: say so in config/README.md"
+                continue
+            default = f.default
+            shown = "null" if default is None else "[]" if default == () else f"{default:g}" \
+                if isinstance(default, float) else str(default)
+            assert documented.startswith(shown) or (default is None and "exact" in documented), \
+                f"config/README.md shows {section}.{key} = {documented!r}, EmbeddingSettings says {shown}"

@@ -17,7 +17,7 @@ import yaml
 
 from virnucflow.classifier import write_random_classifier
 from virnucflow.models.esm2 import write_tiny_esm2_checkpoint
-from workflow_runs import DEMO_DATA, job_counts, snakemake, write_config
+from workflow_runs import DEMO_DATA, job_counts, snakemake, wait_for, write_config
 
 # a re-embed splits the temp() parts again and starts a sidecar
 EMBED_RULES = {"embedding_identity", "split_parts", "sidecar", "embed", "merge"}
@@ -125,6 +125,7 @@ def test_a_sidecar_with_other_models_or_mode_is_refused(demo_models, tmp_path):
                                "--dnabert-s", str(demo_models / "dnabert_s_demo"), "--device", "cpu"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        assert wait_for(endpoint.exists, 60), "the sidecar wrote no endpoint file"
         ok = _embed(tmp_path, endpoint, demo_models / "esm2_t2_demo.pt", demo_models / "dnabert_s_demo")
         assert ok.returncode == 0, ok.stderr
         assert (tmp_path / "part" / "a.npz").exists()
@@ -140,3 +141,18 @@ def test_a_sidecar_with_other_models_or_mode_is_refused(demo_models, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.mark.workflow
+def test_a_wrong_model_stops_the_run_before_any_work(demo_models, tmp_path):
+    models = {"esm2": str(demo_models / "500_model.pth"), "dnabert_s": str(demo_models / "dnabert_s_demo"),
+              "classifiers": {"300": str(demo_models / "300_model.pth"), "500": str(demo_models / "500_model.pth")}}
+    write_config(tmp_path, demo_models=False, models=models)
+    proc = snakemake(tmp_path, "--cores", "2", check=False)
+    assert proc.returncode != 0
+    assert f"config models.esm2: {demo_models / '500_model.pth'} is not a fair-esm ESM-2 checkpoint" in proc.stdout
+    assert not (tmp_path / "results").exists()  # nothing was chunked
+    models["esm2"] = str(tmp_path / "missing.pt")
+    write_config(tmp_path, demo_models=False, models=models)
+    proc = snakemake(tmp_path, "--cores", "2", "-n", check=False)
+    assert proc.returncode != 0 and "config models.esm2: ESM-2 checkpoint not found" in proc.stdout

@@ -106,16 +106,15 @@ def local_reference(demo_run):
     return demo_run
 
 
-@pytest.fixture(scope="module")
-def slurm_run(tmp_path_factory):
-    """The demo through the SLURM profile, watched while it runs: the sidecar process and its SLURM job."""
-    workdir = tmp_path_factory.mktemp("slurm")
-    write_config(workdir, embedding={"sidecar": True, "device": "cpu"})
-    profile = ci_profile(workdir / "profile")
-    proc = start_snakemake(workdir, "--workflow-profile", str(profile))
-    endpoint = workdir / ".virnucflow/sidecar/cpu.started"
-    seen = {}
-    deadline = time.monotonic() + 900
+def sidecar_status(endpoint):
+    """`sidecar status` of a running sidecar (what it serves: mode, device, fingerprints), or None."""
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "status", "--endpoint-file", str(endpoint)],
+                          capture_output=True, text=True, timeout=60)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def watch_sidecar(proc, endpoint, seen, deadline):
+    """Until `proc` ends: the sidecar job's pid, environment and SLURM state, and its status once ready."""
     while proc.poll() is None and time.monotonic() < deadline:
         if endpoint.exists() and "pid" not in seen:
             try:
@@ -124,7 +123,24 @@ def slurm_run(tmp_path_factory):
                 seen["state"] = job_state(seen["environ"].get("SLURM_JOB_ID", "0"))
             except (ValueError, KeyError, OSError):
                 seen.pop("pid", None)
+        if "pid" in seen and "status" not in seen:
+            status = sidecar_status(endpoint)
+            if status and status.get("state") == "ready":
+                seen["status"] = status
+        if "status" in seen and seen.get("stop_when_seen"):
+            return
         time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    """The demo through the SLURM profile, watched while it runs: the sidecar process and its SLURM job."""
+    workdir = tmp_path_factory.mktemp("slurm")
+    write_config(workdir, embedding={"sidecar": True, "device": "cpu", "mode": "exact"})
+    profile = ci_profile(workdir / "profile")
+    proc = start_snakemake(workdir, "--workflow-profile", str(profile))
+    seen = {}
+    watch_sidecar(proc, workdir / ".virnucflow/sidecar/cpu.started", seen, time.monotonic() + 900)
     if proc.poll() is None:
         proc.kill()
     output = (workdir / "snakemake.out").read_text()
@@ -165,6 +181,8 @@ def test_the_sidecar_was_one_slurm_job_holding_the_gpu_and_served_every_part(slu
     assert seen.get("environ", {}).get("SLURM_JOB_ID") == jobid, seen
     assert seen["environ"].get("CUDA_VISIBLE_DEVICES") == "0", seen["environ"]
     assert seen.get("state") == "RUNNING", seen
+    # the sidecar job serves what the config asked for (embedding.mode: exact), as it says itself
+    assert seen["status"]["mode"] == "exact" and seen["status"]["device"] == "cpu", seen["status"]
     assert jobid not in slurm_jobids(output)  # not a Snakemake job: the sidecar rule submitted it
     log = (workdir / "logs/sidecar/cpu.server.log").read_text()
     assert log.count("loaded esm2") == 1 and log.count("loaded dnabert_s") == 1
@@ -175,6 +193,22 @@ def test_the_sidecar_was_one_slurm_job_holding_the_gpu_and_served_every_part(slu
     # it ended when the last per-file job was done: Snakemake removed its temp endpoint file
     assert "endpoint file .virnucflow/sidecar/cpu.started was removed" in log
     assert not leftovers(workdir), leftovers(workdir)
+
+
+def test_the_sidecar_job_serves_the_configured_fast_mode(tmp_path):
+    """The mode travels to the SLURM sidecar job too (it once did not): asked while it runs, it says fast."""
+    write_config(tmp_path, embedding={"sidecar": True, "device": "cpu", "mode": "fast"})
+    proc = start_snakemake(tmp_path, "--workflow-profile", str(ci_profile(tmp_path / "profile")))
+    seen = {"stop_when_seen": True}
+    try:
+        watch_sidecar(proc, tmp_path / ".virnucflow/sidecar/cpu.started", seen, time.monotonic() + 600)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+        subprocess.run(["scancel", "--name", "virnucflow-sidecar-cpu"], capture_output=True)
+    assert seen.get("status"), (tmp_path / "snakemake.out").read_text()[-4000:]
+    assert seen["status"]["mode"] == "fast" and seen["status"]["fingerprints"]["esm2"], seen["status"]
+    assert seen["environ"].get("SLURM_JOB_ID"), seen
 
 
 def test_a_cancelled_sidecar_job_fails_its_clients_cleanly_and_a_rerun_completes(tmp_path, local_reference):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.client import SidecarClient
+from sidecar.protocol import LIMITS
 from virnucflow.errors import InputError
 from virnucflow.safe_load import TRUST_KEY, sha256_pin
 
@@ -77,6 +78,12 @@ class EmbeddingSettings:
                                           "if its sha256 is this one; that runs any code the file carries. Only for "
                                           "a file you trust (repeatable)", TRUST_KEY, (SERVE, IN_PROCESS), "SHA256",
                                           kind=sha256_pin, many=True)
+    max_seq_len_esm2: int = _setting(LIMITS.max_seq_len_esm2, "longest ESM-2 sequence a sidecar accepts, in "
+                                     "residues; a longer one is refused at once (the workflow sends <= 167)",
+                                     "embedding.max_seq_len_esm2", metavar="N", kind=int)
+    max_seq_len_dnabert_s: int = _setting(LIMITS.max_seq_len_dnabert_s, "longest DNABERT-S sequence a sidecar "
+                                          "accepts, in nucleotides; a longer one is refused at once (the workflow "
+                                          "sends <= 501)", "embedding.max_seq_len_dnabert_s", metavar="N", kind=int)
     reply_cache_mb: float = _setting(256.0, "MB of recent results kept so that a client that resends a request "
                                      "after a timeout gets it without a second computation (0 disables)",
                                      "embedding.reply_cache_mb", metavar="MB", kind=float)
@@ -97,6 +104,11 @@ class EmbeddingSettings:
     silent_timeout: float = _setting(_CLIENT["silent_timeout"], "seconds without any answer, pings included, after "
                                      "which the connection counts as lost", "embedding.silent_timeout", (CLIENT,),
                                      "S", kind=float)
+
+    def limits(self):
+        """The protocol limits of a sidecar with these sequence lengths; ValueError (one line) if unusable."""
+        return dataclasses.replace(LIMITS, max_seq_len_esm2=self.max_seq_len_esm2,
+                                   max_seq_len_dnabert_s=self.max_seq_len_dnabert_s).check()
 
     def client_options(self) -> dict:
         """The keyword arguments of SidecarClient that these settings give."""

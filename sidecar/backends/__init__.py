@@ -12,6 +12,8 @@ lazily so that importing this package costs nothing. No backend knows about sock
 import os
 import time
 
+from .interface import ExactModel, PackedModel
+
 ALLOC_CONF = "expandable_segments:True"
 MODES = ("exact", "fast")
 
@@ -110,7 +112,8 @@ class Backend:
 
         self.cache = EmbeddingCache(cache_bytes, cache_entries)
         self._inflight = {}  # content key -> the launched, not yet collected batch that embeds it
-        self.model = None
+        self.model = None  # an ExactModel, or a PackedModel (interface.py)
+        self.packed = False
         self.loads = 0
         self.load_seconds = None
 
@@ -119,7 +122,11 @@ class Backend:
 
     def load(self):
         start = time.monotonic()
-        self.model = self._load()
+        model = self._load()
+        if not isinstance(model, ExactModel):
+            raise TypeError(f"{type(model).__name__} is not a model that a backend can serve (see interface.py)")
+        self.model = model
+        self.packed = isinstance(model, PackedModel)
         self.loads += 1
         self.load_seconds = time.monotonic() - start
         return self
@@ -138,10 +145,9 @@ class Backend:
     def tokenize_many(self, seqs):
         """(token counts, token-id arrays or None): fast models tokenize once, here, for `launch_rows`
         (one batched call of the Rust tokenizer for DNABERT-S, GIL released); exact models only count."""
-        tokenize = getattr(self.model, "tokenize", None)
-        if tokenize is None:
+        if not self.packed:
             return [self.count_tokens(s) for s in seqs], None
-        arrays = tokenize(seqs)
+        arrays = self.model.tokenize(seqs)
         return [len(a) for a in arrays], arrays
 
     def embed_batch(self, seqs):
@@ -208,14 +214,13 @@ class Backend:
         if not run.firsts:
             return
         sub_seqs = [run.seqs[r] for r in run.firsts]
-        launch = getattr(self.model, "launch", None)
-        if launch is not None:
+        if self.packed:
             try:
                 if run.tokens is not None:
                     arrays = [run.tokens[r] for r in run.firsts]
                 else:
                     arrays = self.model.tokenize(sub_seqs)
-                run.pending = launch(arrays)
+                run.pending = self.model.launch(arrays)
                 return
             except Exception as exc:  # out of memory while queueing, or a bad sequence: the careful path
                 if _is_cuda_oom(exc):
