@@ -12,9 +12,9 @@ pytestmark = pytest.mark.process
 def test_dry_run_plans_the_whole_pipeline(tmp_path, sidecar):
     write_config(tmp_path, embedding={"sidecar": sidecar})
     out = snakemake(tmp_path, "-n", "--cores", "2").stdout
-    for rule in ("make_demo_models", "chunk", "translate", "split_parts", "classify"):
+    for rule in ("make_demo_models", "chunk", "translate", "count_parts", "classify"):
         assert rule in out
-    # the embedding jobs (and the sidecar they need) are planned once the split checkpoint has run
+    # the split, the embedding jobs (and the sidecar they need) are planned once the count_parts checkpoint has run
     assert "checkpoint jobs" in out
 
 
