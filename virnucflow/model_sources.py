@@ -67,7 +67,7 @@ def dnabert_directory(source: str, revision: str | None = None) -> Path:
     cache = hf_hub_cache()
     try:
         return Path(snapshot_download(source, revision=revision, cache_dir=cache, local_files_only=True))
-    except (FileNotFoundError, ValueError) as error:  # not cached / incomplete / invalid id
+    except (FileNotFoundError, ValueError):  # not cached / incomplete / invalid id
         pinned = f" --revision {revision}" if revision else ""
         raise InputError(
             f"DNABERT-S {source}{' @ ' + revision if revision else ''} is neither a local "
