@@ -82,7 +82,7 @@ def run_clients(parts, endpoints, work, which):
     start = time.monotonic()
     for k, (fa, faa) in enumerate(parts):
         endpoint = endpoints[k % len(endpoints)]
-        cmd = [sys.executable, "-m", "sidecar", "embed", "--endpoint-file", str(endpoint)]
+        cmd = [sys.executable, "-m", "sidecar", "embed", "--endpoint-file", str(endpoint), "--mode", "fast"]
         if "dna" in which:
             cmd += ["--nucleotide", str(fa), "--dnabert-out", str(work / f"{fa.stem}_{k}_dna.npz")]
         if "esm" in which:

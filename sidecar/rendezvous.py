@@ -81,8 +81,14 @@ def start_ticks(pid):
     return int(fields[19])
 
 
+_HAS_PROC = os.path.isdir("/proc/self")
+
+
 def pid_alive(pid, ticks=None):
-    """True if `pid` runs (zombies count as dead) and, when `ticks` is given, is the same process."""
+    """True if `pid` runs (zombies count as dead) and, when `ticks` is given, is the same process.
+
+    Where there is no /proc (macOS), only the signal check is made: a zombie or a reused pid then
+    counts as alive, which keeps a watched run's sidecar up rather than stopping it wrongly."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -91,6 +97,8 @@ def pid_alive(pid, ticks=None):
         return False
     except PermissionError:
         pass
+    if not _HAS_PROC:
+        return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:

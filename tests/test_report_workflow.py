@@ -56,8 +56,11 @@ def test_the_report_builds_and_holds_every_figure_and_table(run):
     tracks = [base64.b64decode(v) for v in re.findall(r"filename=score_tracks\.png;base64,([A-Za-z0-9+/=]+)", html)]
     assert sorted(tracks) == sorted((run / "results" / s / "score_tracks.png").read_bytes() for s in DEMO_RUN_SAMPLES)
     assert html.count("filename=virus_contigs.tsv;base64,") == 3 and "filename=run_stats.tsv;base64," in html
-    for category in ("Per-record calls", "Score tracks", "Summary", "Run statistics"):
+    for category in ("Per-record calls", "Score tracks", "Summary", "Run statistics", "Provenance"):
         assert category in html
+    # each sample's run_info.json, the very bytes the workflow wrote
+    infos = [base64.b64decode(v) for v in re.findall(r"filename=run_info\.json;base64,([A-Za-z0-9+/=]+)", html)]
+    assert sorted(infos) == sorted((run / "results" / s / "run_info.json").read_bytes() for s in DEMO_RUN_SAMPLES)
     # the workflow description and captions, rendered with this run's config
     assert "re-implemented faithfully as a Snakemake workflow" in html
     assert "These are the tiny random demo models" in html

@@ -4,6 +4,7 @@ import argparse
 import logging
 import sys
 
+from virnucflow import __version__
 from virnucflow.errors import InputError
 
 
@@ -143,12 +144,20 @@ def cmd_fetch_models(args):
 
 def cmd_status(args):
     import json
+    from pathlib import Path
 
     from virnucflow.status import collect, render
 
+    if not Path(args.directory).is_dir():
+        raise InputError(f"{args.directory} is not a directory; give the run's working directory with -d")
     report = collect(args.directory, args.sample_sheet, sidecars=not args.no_sidecar,
                      extra_endpoints=args.endpoint_file)
-    print(json.dumps(report, indent=1) if args.json else render(report))
+    try:
+        print(json.dumps(report, indent=1) if args.json else render(report), flush=True)
+    except BrokenPipeError:  # `virnucflow status | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fraction(text):
@@ -213,6 +222,7 @@ def _add_report_commands(sub):
 def build_parser():
     parser = argparse.ArgumentParser(prog="virnucflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"virnucflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("chunk", help="cut records into 300 or 500 bp windows, as the original does")

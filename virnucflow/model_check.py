@@ -1,7 +1,7 @@
 """Preflight: each configured model file exists and is the kind of model its config key claims, before any work.
 
 Torch's file format is a zip archive whose `data.pkl` records the object tree; here its pickle is only
-*disassembled* (`pickletools.genops`), never run, and the strings it holds say what the file is: an ESM-2
+*disassembled* (virnucflow.pickle_globals), never run, and the strings it holds say what the file is: an ESM-2
 checkpoint names `encoder.sentence_encoder.` weights and a `cfg`, a classifier names `hidden_layer` and
 `output_layer`. A DNABERT-S directory needs its config, weights and tokenizer, and a config of a BERT-like
 model. Standard library only, so the check runs at workflow start in milliseconds (torch is not imported).
@@ -11,28 +11,20 @@ Every failure is one line that names the file and the config key.
 from __future__ import annotations
 
 import json
-import pickletools
-import zipfile
 from pathlib import Path
 
 from virnucflow.errors import InputError
 from virnucflow.model_sources import dnabert_directory, dnabert_files, esm2_checkpoint
+from virnucflow.pickle_globals import pickle_strings, torch_zip_pickle
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch's pre-zip format
 
 
 def _pickle_strings(path: Path) -> set[str] | None:
     """The strings in a torch file's pickle, or None for the legacy (pre-zip) format; InputError otherwise."""
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-                if name is None:
-                    raise ValueError("no data.pkl in the archive")
-                data = archive.read(name)
-            return {arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
-        except (ValueError, zipfile.BadZipFile, OSError) as exc:
-            raise InputError(f"{path}: not a readable torch file ({exc})") from None
+    data = torch_zip_pickle(path)
+    if data is not None:
+        return pickle_strings(data)
     with open(path, "rb") as handle:
         if handle.read(len(_LEGACY_TORCH_MAGIC)) == _LEGACY_TORCH_MAGIC:
             return None

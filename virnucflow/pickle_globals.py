@@ -1,11 +1,13 @@
-"""The globals (classes, functions) that a pickle names, read statically: nothing is unpickled.
+"""Pickles read statically, nothing unpickled: the globals (classes, functions) and strings they name.
 
-Used only to name what a safe loader refused: torch's weights_only unpickler names the first global
-it meets but none in a pickle of protocol 4 or later (it stops at the FRAME opcode), and numpy's
-`allow_pickle=False` names none. Standard library only.
+The globals name what a safe loader refused: torch's weights_only unpickler names the first global it
+meets but none in a pickle of protocol 4 or later (it stops at the FRAME opcode), and numpy's
+`allow_pickle=False` names none. The strings say what kind of model a torch file holds, for the
+preflight check. Standard library only.
 """
 
 import pickletools
+import zipfile
 
 _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"}
 _NO_PUSH_OPS = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
@@ -37,3 +39,25 @@ def pickle_globals(data):
     except Exception:  # noqa: BLE001 - genops raises ValueError, EOFError, ... on damaged input
         pass
     return list(dict.fromkeys(found))
+
+
+def torch_zip_pickle(path):
+    """The main pickle (`data.pkl`) of a torch zip file, or None when `path` is no such file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            return archive.read(name) if name else None
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def pickle_strings(data):
+    """Every string constant in the pickle bytes `data` (a damaged pickle: those before the damage)."""
+    found = set()
+    try:
+        for _, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                found.add(arg)
+    except Exception:  # noqa: BLE001 - genops raises ValueError, EOFError, ... on damaged input
+        pass
+    return found

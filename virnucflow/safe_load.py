@@ -19,10 +19,9 @@ import pickle
 import re
 import threading
 import warnings
-import zipfile
 
 from virnucflow.errors import InputError
-from virnucflow.pickle_globals import pickle_globals
+from virnucflow.pickle_globals import pickle_globals, torch_zip_pickle
 
 TRUST_FLAG = "--unsafe-trust-pickle"
 TRUST_KEY = "models.unsafe_trust_pickle_sha256"
@@ -61,23 +60,13 @@ def _reason(exc):
     return (kept or lines or [type(exc).__name__])[0]
 
 
-def _pickle_bytes(path):
-    """The main pickle of a torch zip file, or None."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            return archive.read(name) if name else None
-    except (OSError, zipfile.BadZipFile):
-        return None
-
-
 def refused_global(path, exc, allowed=()):
     """The global that torch's weights_only unpickler refused in `path` ('module.name'), or None."""
     named = re.search(r"GLOBAL (\S+)", str(exc))
     if named:
         name = named.group(1)
         return name if "." in name else f"builtins.{name}"  # torch drops the 'builtins.' itself
-    data = _pickle_bytes(path)
+    data = torch_zip_pickle(path)
     allowed_names = {f"{obj.__module__}.{obj.__qualname__}" if not isinstance(obj, tuple) else obj[1]
                      for obj in allowed}
     unsafe = [name for name in pickle_globals(data or b"")

@@ -43,7 +43,9 @@ def sample_progress(workdir, sample, running=()):
     embedded = merged | (parts(out / "embeddings", "output_*_DNABERT_S.npz") & parts(out / "embeddings", "output_*_ESM.npz"))
     split = parts(out / "parts", "output_*.fa") if (out / "parts").is_dir() and out / "parts" not in busy else None
     classified = done(out / "prediction_results_highestscore.csv")
-    n_parts = len(split) if split is not None else (len(merged) if classified else None)
+    n_parts = _counted_parts(out / "parts.json") if done(out / "parts.json") else None
+    if n_parts is None:
+        n_parts = len(split) if split is not None else (len(merged) if classified else None)
     translated = done(out / "identified_protein.faa") or n_parts is not None
     info = {
         "sample": sample,
@@ -58,6 +60,14 @@ def sample_progress(workdir, sample, running=()):
     info["stage"] = _stage(info)
     info["last_log"] = None if info["contigs"] else _last_progress(Path(workdir) / "logs" / sample)
     return info
+
+
+def _counted_parts(path):
+    """The number of parts that `count-parts` wrote for a sample, or None if unreadable."""
+    try:
+        return int(json.loads(path.read_text())["parts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _stage(info):

@@ -11,7 +11,6 @@ transformers switches off on every call, so it is switched off here too.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from virnucflow.errors import InputError
+from virnucflow.model_sources import dnabert_directory
 from virnucflow.models.mosaicbert import MosaicBert, load_mosaicbert
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
@@ -58,45 +58,12 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tokenizer
 
 
-def _hf_hub_cache() -> Path:
-    """The hub cache as huggingface_hub resolves it, but read from the environment now."""
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(variable):
-            return Path(os.path.expandvars(os.environ[variable])).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-    home = os.environ.get("HF_HOME", os.path.join(xdg, "huggingface"))
-    return Path(os.path.expandvars(home)).expanduser() / "hub"
-
-
-def resolve_source(source: str, revision: str | None = None) -> Path:
-    """A local model directory as given, or a hub id's snapshot from the offline HF cache."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise InputError(f"DNABERT-S model directory not found: {source}")
-    from huggingface_hub import snapshot_download
-
-    cache = _hf_hub_cache()
-    try:
-        return Path(
-            snapshot_download(source, revision=revision, cache_dir=cache, local_files_only=True)
-        )
-    except (FileNotFoundError, ValueError) as error:  # not cached / incomplete / invalid id
-        pinned = f" --revision {revision}" if revision else ""
-        raise InputError(
-            f"DNABERT-S {source}{' @ ' + revision if revision else ''} is neither a local "
-            f"directory nor in the Hugging Face cache {cache}; fetch it once with: "
-            f"hf download {source}{pinned}"
-        ) from error
-
-
 def load_dnabert_s(source: str, revision: str | None = None, device: str = "cpu", trusted=()) -> DnabertS:
     """Load from a local directory or an (offline-cached) hub id such as zhihan1996/DNABERT-S.
 
     trusted: sha256s of pytorch_model.bin files that may be unpickled in full (see virnucflow.safe_load).
     """
-    directory = resolve_source(source, revision)
+    directory = dnabert_directory(source, revision)
     for needed in ("config.json", "tokenizer.json"):
         if not (directory / needed).is_file():
             raise InputError(f"DNABERT-S model {source}: {needed} missing in {directory}")

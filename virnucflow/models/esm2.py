@@ -30,7 +30,6 @@ regression file, unused here) is zero-filled.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 
 from virnucflow import safe_load
 from virnucflow.errors import InputError
+from virnucflow.model_sources import esm2_checkpoint
 
 TRUNCATION_SEQ_LENGTH = 1024
 _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
@@ -74,23 +74,6 @@ class Esm2:
                 end = min(TRUNCATION_SEQ_LENGTH, len(protein)) + 1
                 out[i] = representation[0, 1:end].mean(0).cpu().numpy()
         return out
-
-
-def checkpoint_path(source: str) -> Path:
-    """A fair-esm model name (looked up in $TORCH_HOME/hub/checkpoints) or a .pt path."""
-    if source.endswith(".pt") or "/" in source or os.sep in source:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise InputError(f"ESM-2 checkpoint not found: {path}")
-        return path
-    path = Path(torch.hub.get_dir()) / "checkpoints" / f"{source}.pt"
-    if not path.is_file():
-        raise InputError(
-            f"ESM-2 model {source} not found at {path}: download "
-            f"https://dl.fbaipublicfiles.com/fair-esm/models/{source}.pt there "
-            "(or set TORCH_HOME), or give a .pt path"
-        )
-    return path
 
 
 def read_checkpoint(path: Path, trusted=()) -> dict:
@@ -146,7 +129,7 @@ def load_esm2(source: str, device: str = "cpu", trusted=()) -> Esm2:
 
     trusted: sha256s of checkpoints that may be unpickled in full (see virnucflow.safe_load).
     """
-    path = checkpoint_path(source)
+    path = esm2_checkpoint(source)
     model, alphabet = build_model(read_checkpoint(path, trusted), str(path))
     model = model.to(device).eval().requires_grad_(False)
     return Esm2(model, alphabet, path.stem, device)

@@ -276,15 +276,18 @@ def slot_options(slot):
     return [f"--device {sidecar_device(slot)}"]
 
 
-def serve_args(slot):
-    """`sidecar serve` options of a sidecar that this run starts: the settings file and the slot's device."""
+def started_sidecar_options(slot):
+    """The options, beside the settings file, of a sidecar that this run starts on the host."""
     # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
     # it is gone, however the run ends (kill -9 included).
     return " ".join(
-        [f"--settings-file {SETTINGS_FILE}"]
-        + slot_options(slot)
-        + ["--watch-pid $PPID", f"--log logs/sidecar/{slot}.server.log"]
+        slot_options(slot) + ["--watch-pid $PPID", f"--log logs/sidecar/{slot}.server.log"]
     )
+
+
+def serve_args(slot):
+    """`sidecar serve` options of a sidecar that this run starts: the settings file and the slot's device."""
+    return f"--settings-file {SETTINGS_FILE} {started_sidecar_options(slot)}"
 
 
 def embedding_identity():
@@ -331,7 +334,7 @@ def embed_args(wildcards):
     args = f"--transport sidecar --endpoint-file {endpoint_file(slot)}"
     if EXTERNAL_ENDPOINT or on_slurm():
         return args
-    return f"{args} --ensure {serve_args(slot)}"
+    return f"{args} --ensure {started_sidecar_options(slot)}"
 
 
 def sidecar_rule_inputs(wildcards):

@@ -49,7 +49,7 @@ if USE_SIDECAR and not EXTERNAL_ENDPOINT:
         params:
             start=sidecar_start_command,
         shell:
-            "{params.start} > {log} 2>&1"
+            "({params.start}) > {log} 2>&1"
 
 
 rule embed:
