@@ -281,7 +281,8 @@ def started_sidecar_options(slot):
     # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
     # it is gone, however the run ends (kill -9 included).
     return " ".join(
-        slot_options(slot) + ["--watch-pid $PPID", f"--log logs/sidecar/{slot}.server.log"]
+        slot_options(slot)
+        + ["--watch-pid $PPID", f"--log logs/sidecar/{slot}.server.log"]
     )
 
 
