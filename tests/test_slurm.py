@@ -251,8 +251,14 @@ def test_a_cancelled_sidecar_job_fails_its_clients_cleanly_and_a_rerun_completes
 
 
 def sbatch_local_profile(workdir, time_limit, *extra):
-    """The single-allocation way: the whole workflow, with the local profile, inside one SLURM job."""
-    command = " ".join([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+    """The single-allocation way: the whole workflow, with the local profile, inside one SLURM job.
+
+    `exec`: Snakemake is the batch process itself. Snakemake 9's SIGTERM handler takes the scheduler's lock,
+    and when the signal comes while the main thread holds that lock, the process hangs for good. SLURM
+    follows its SIGTERM at the time limit with SIGKILL, but with this CI cluster's proctrack/linuxproc it
+    loses a process whose parent (the batch shell) has exited already: such a hung Snakemake (and the
+    sidecar that watches it) outlived the allocation. The batch process itself is never lost."""
+    command = "exec " + " ".join([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
                         "--workflow-profile", str(LOCAL_PROFILE), "--configfile", "config.yaml", *extra])
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     proc = subprocess.run(
