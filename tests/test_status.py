@@ -66,6 +66,7 @@ def test_status_lists_unstarted_samples_from_the_sheet_and_an_empty_directory(tm
     sheet.write_text("sample\tfasta\nfirst\ta.fa\nsecond\tb.fa\n")
     text = run_cli("status", "-d", str(tmp_path), "--sample-sheet", str(sheet), "--no-sidecar").stdout
     assert "workflow: not running; no Snakemake log" in text and "samples done: 0 of 2" in text
+    (tmp_path / "nothing").mkdir()
     assert run_cli("status", "-d", str(tmp_path / "nothing"), "--no-sidecar").stdout.endswith("no sample has started (results/ is empty)\n")
 
 
