@@ -8,7 +8,6 @@ per-file overhead (client start to result, minus the server's compute) and the e
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile

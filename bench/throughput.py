@@ -275,7 +275,7 @@ def phase_speed(args):
         RESULT["dnabert_s"]["variants"] = variants
         RESULT["dnabert_s"].update(fast_init_s=res["init_s"], compiled=fast.compiled, budget=args.dna_budget)
         save(args.out)
-    del dna, fast
+    dna = fast = None  # free the DNABERT-S models before ESM-2 loads (the closures above still name dna)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 

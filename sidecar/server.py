@@ -15,7 +15,7 @@ import time
 
 from virnucflow.provenance import package_versions
 
-from . import protocol
+from . import protocol, rendezvous
 from .batcher import Batcher
 from .compute import Compute
 from .listener import Listener, StartupError, refuse_if_taken
@@ -76,6 +76,10 @@ def serve(cfg):
     """Serve until stopped; returns the process exit code."""
     pid, started = os.getpid(), time.time()
     refuse_if_taken(cfg.endpoint_file, pid)
+    if cfg.watch_pid and not rendezvous.pid_alive(cfg.watch_pid):
+        # started for a run that has ended (by a job that a killed Snakemake left running): write no
+        # endpoint file that would outlive the run, however briefly
+        raise StartupError(f"watched pid {cfg.watch_pid} is already gone; not starting")
     # fast mode: DNABERT-S batches get 4x the budget (a 768-wide model needs more tokens per launch)
     per_model = {"dnabert_s": 4 * cfg.max_batch_tokens} if cfg.mode == "fast" else {}
     batcher = Batcher(cfg.max_batch_tokens, cfg.max_queued_tokens, cfg.max_queued_requests,

@@ -8,6 +8,8 @@ import pytest
 from conftest import run_cli
 from virnucflow.fasta import read_fasta
 
+pytestmark = pytest.mark.process
+
 BAD = {
     "empty": b"",
     "duplicate_ids": b">r1\nACGT\n>r1 again\nACGT\n",

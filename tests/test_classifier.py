@@ -103,6 +103,7 @@ def assert_one_line_error(excinfo, path):
 # --- model file format -------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_original_attribute_names_and_shapes():
     state = C.MLPClassifier(3328, 512, 2).state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == {
@@ -118,6 +119,7 @@ def test_original_attribute_names_and_shapes():
     }
 
 
+@pytest.mark.unit
 def test_random_classifier_is_pickled_as_main_module(model_file):
     globals_ = pickle_globals(model_file)
     assert "__main__ MLPClassifier" in globals_
@@ -126,6 +128,7 @@ def test_random_classifier_is_pickled_as_main_module(model_file):
     assert getattr(sys.modules["__main__"], "MLPClassifier", None) is not C.MLPClassifier
 
 
+@pytest.mark.process
 def test_random_classifier_loads_as_a_script_would(model_file, tmp_path):
     # A script that defines MLPClassifier in __main__ (as prediction.py does) unpickles our file.
     script = tmp_path / "load.py"
@@ -139,12 +142,14 @@ def test_random_classifier_loads_as_a_script_would(model_file, tmp_path):
     assert out.startswith("__main__ MLPClassifier ['bn1.bias'")
 
 
+@pytest.mark.unit
 def test_batchnorm_running_stats_are_non_trivial(model_file):
     state = C.load_classifier(model_file).state_dict
     assert state["bn1.running_mean"].abs().max() > 0.05
     assert (state["bn1.running_var"] - 1).abs().max() > 0.05
 
 
+@pytest.mark.unit
 def test_whole_module_and_plain_state_dict_score_identically(model_file, tmp_path):
     from_module = C.load_classifier(model_file)
     assert from_module.input_dim == DIM
@@ -157,6 +162,7 @@ def test_whole_module_and_plain_state_dict_score_identically(model_file, tmp_pat
     assert input_dim == DIM and state_dict.keys() == from_module.state_dict.keys()
 
 
+@pytest.mark.unit
 def test_scores_match_a_direct_sequential_computation(model_file):
     loaded = C.load_classifier(model_file)
     x = torch.randn(700, DIM) * 2
@@ -171,6 +177,7 @@ def test_scores_match_a_direct_sequential_computation(model_file):
     assert (train_mode - probs).abs().max() > 1e-3  # eval mode matters
 
 
+@pytest.mark.unit
 def test_predict_rejects_wrong_width_and_handles_no_rows(model_file):
     loaded = C.load_classifier(model_file)
     assert C.predict(loaded, torch.empty(0, DIM)).shape == (0, 2)
@@ -178,6 +185,7 @@ def test_predict_rejects_wrong_width_and_handles_no_rows(model_file):
         C.predict(loaded, torch.randn(3, DIM + 1))
 
 
+@pytest.mark.unit
 def test_gpu_saved_module_loads_on_cpu(tmp_path):
     # train.py saved from CUDA: storages are tagged 'cuda:0'. Fake that tag on a CPU-only torch.
     registry = torch.serialization._package_registry
@@ -201,6 +209,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("how", ["torch.save", "plain pickle"])
 def test_disallowed_global_is_refused_without_running(tmp_path, how):
     marker = tmp_path / "executed"
@@ -217,6 +226,7 @@ def test_disallowed_global_is_refused_without_running(tmp_path, how):
     assert not marker.exists()
 
 
+@pytest.mark.unit
 def test_disallowed_global_inside_the_module_is_refused(tmp_path):
     marker = tmp_path / "executed"
     model = C.MLPClassifier(DIM, 8, 2)
@@ -256,6 +266,7 @@ def _bad_files(tmp_path):
     return [tmp_path / "missing.pth", tmp_path, text, linear, sequential, shapes, three_class, eps, tensor, npz]
 
 
+@pytest.mark.unit
 def test_bad_model_files_give_one_line_input_errors(tmp_path):
     for path in _bad_files(tmp_path):
         with pytest.raises(InputError) as excinfo:
@@ -263,15 +274,18 @@ def test_bad_model_files_give_one_line_input_errors(tmp_path):
         assert_one_line_error(excinfo, path)
 
 
+@pytest.mark.unit
 def test_restricted_globals_do_not_leak(model_file):
     C.load_classifier(model_file)
-    with pytest.raises(Exception):
+    # the classifier's class is allowed only while load_classifier runs: a plain weights_only load refuses it
+    with pytest.raises(pickle.UnpicklingError, match="MLPClassifier"):
         torch.load(model_file, weights_only=True)
 
 
 # --- blob ids ----------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_git_blob_sha1(tmp_path):
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
@@ -314,6 +328,7 @@ def tricky_rows(rng):
     return [ids[i] for i in order], torch.stack([probs[i] for i in order]).to(torch.float32)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("seed", range(5))
 def test_tables_match_the_original_byte_for_byte(tmp_path, seed):
     rng = np.random.default_rng(seed)
@@ -322,6 +337,7 @@ def test_tables_match_the_original_byte_for_byte(tmp_path, seed):
     assert read_outputs(tmp_path) == reference_outputs(ids, probs)
 
 
+@pytest.mark.unit
 def test_tables_with_nan_scores_match(tmp_path):
     ids = ["n_chunk_1F1", "n_chunk_1F2", "m_chunk_1F1", "m_chunk_1R1"]
     probs = torch.tensor([[math.nan, math.nan], [math.nan, math.nan], [math.nan, math.nan], [0.7, 0.3]])
@@ -330,6 +346,7 @@ def test_tables_with_nan_scores_match(tmp_path):
     assert "n_chunk_1\tFalse" in read_outputs(tmp_path)[1]
 
 
+@pytest.mark.unit
 def test_tables_for_model_scores_match(model_file, tmp_path):
     loaded = C.load_classifier(model_file)
     ids = [f"r{i // 7}_chunk_{i % 3 + 1}{'FR'[i % 2]}{i % 3 + 1}" for i in range(500)]
@@ -340,6 +357,7 @@ def test_tables_for_model_scores_match(model_file, tmp_path):
     assert txt.startswith("Sequence_ID\tPrediction\tscore1\tscore2\n") and csv_text.startswith("Modified_ID\tIs_Virus\n")
 
 
+@pytest.mark.unit
 def test_empty_input_writes_headers_only(tmp_path):
     C.write_predictions([], torch.empty(0, 2), tmp_path)
     assert read_outputs(tmp_path) == ("Sequence_ID\tPrediction\tscore1\tscore2\n", "Modified_ID\tIs_Virus\n")
@@ -349,6 +367,7 @@ def test_empty_input_writes_headers_only(tmp_path):
 # --- classify_files ----------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_classify_files_concatenates_in_given_order(model_file, tmp_path):
     loaded = C.load_classifier(model_file)
     parts = []
@@ -365,11 +384,13 @@ def test_classify_files_concatenates_in_given_order(model_file, tmp_path):
     assert read_outputs(out) == reference_outputs(ids, probs)
 
 
+@pytest.mark.unit
 def test_classify_files_with_no_files_writes_headers(model_file, tmp_path):
     assert C.classify_files(model_file, [], tmp_path) == 0
     assert read_outputs(tmp_path) == ("Sequence_ID\tPrediction\tscore1\tscore2\n", "Modified_ID\tIs_Virus\n")
 
 
+@pytest.mark.unit
 def test_classify_files_rejects_wrong_feature_width(model_file, tmp_path):
     good, bad = tmp_path / "output_1_merged.pt", tmp_path / "output_2_merged.pt"
     save_merged(good, {"ids": ["a_chunk_1F1"], "data": torch.randn(1, DIM)})
@@ -380,6 +401,7 @@ def test_classify_files_rejects_wrong_feature_width(model_file, tmp_path):
     assert not (tmp_path / "out" / C.RESULTS_NAME).exists()
 
 
+@pytest.mark.unit
 def test_classify_files_reads_original_merged_layout(model_file, tmp_path):
     # merge_data() saves a plain dict of a list of ids and a stacked tensor (plus 'labels' in training).
     path = tmp_path / "output_1_merged.pt"
@@ -388,6 +410,7 @@ def test_classify_files_reads_original_merged_layout(model_file, tmp_path):
     assert C.classify_files(model_file, [path], tmp_path) == 4
 
 
+@pytest.mark.unit
 def test_write_random_classifier_leaves_global_rng_alone(tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -396,6 +419,7 @@ def test_write_random_classifier_leaves_global_rng_alone(tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.unit
 def test_loaded_state_is_independent_of_the_file(model_file):
     a = C.load_classifier(model_file)
     a.state_dict["hidden_layer.weight"].zero_()

@@ -44,12 +44,14 @@ def rows(path):
         return {r["sequence_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
 
 
+@pytest.mark.unit
 def test_chunk_ids_follow_chunking():
     assert chunk_ids("x", 250, 300) == ["x_chunk_1"]
     assert chunk_ids("x", 700, 300) == ["x_chunk_1", "x_chunk_2", "x_chunk_3"]
     assert chunk_ids("x", 0, 300) == []
 
 
+@pytest.mark.unit
 def test_the_call_rule_and_every_column(sample):
     out, fasta = sample
     records, viral = call_contigs(fasta, out / "prediction_results.txt", out / "prediction_results_highestscore.csv",
@@ -70,6 +72,7 @@ def test_the_call_rule_and_every_column(sample):
     assert list(read_fasta(out / "virus_contigs.fa")) == [("a", SEQ["a"]), ("c", SEQ["c"])]
 
 
+@pytest.mark.process
 def test_the_threshold_is_a_parameter_and_the_inputs_stay_unchanged(sample):
     out, fasta = sample
     tables = [out / "prediction_results.txt", out / "prediction_results_highestscore.csv"]
@@ -80,6 +83,7 @@ def test_the_threshold_is_a_parameter_and_the_inputs_stay_unchanged(sample):
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in tables] == before
 
 
+@pytest.mark.unit
 def test_gzipped_input_gives_the_same_outputs(sample):
     out, fasta = sample
     gz = out / "in.fa.gz"
@@ -91,6 +95,7 @@ def test_gzipped_input_gives_the_same_outputs(sample):
     assert (out / "plain.fa").read_bytes() == (out / "gz.fa").read_bytes()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("case", ["other_fasta", "unknown_chunk", "not_a_table"])
 def test_mismatched_inputs_are_one_line_errors_and_leave_nothing(sample, case):
     out, fasta = sample

@@ -49,6 +49,7 @@ def _fast(setup, dtype, budget=1500):
     return dna.embed(setup["dna_seqs"]), esm.embed(setup["proteins"])
 
 
+@pytest.mark.unit
 def test_packed_fp32_matches_exact_nearly_bit_for_bit(setup):
     dna, esm = _fast(setup, torch.float32)
     for fast, exact in ((dna, setup["exact_dna"]), (esm, setup["exact_esm"])):
@@ -56,6 +57,7 @@ def test_packed_fp32_matches_exact_nearly_bit_for_bit(setup):
         assert np.abs(fast - exact).max() <= 1e-4
 
 
+@pytest.mark.unit
 def test_fp16_fast_agrees_with_exact(setup):
     dna, esm = _fast(setup, torch.float16)
     assert cosines(dna, setup["exact_dna"]).min() >= 0.999
@@ -74,6 +76,7 @@ def test_fp16_fast_agrees_with_exact(setup):
     assert hard["max_score_diff"] < 0.05, hard
 
 
+@pytest.mark.unit
 def test_batch_composition_and_order_do_not_matter_much(setup):
     """Length sorting restores input order; a different token budget changes nothing beyond fp32 noise."""
     a = FastEsm2(load_esm2(str(setup["esm"])), dtype=torch.float32, max_batch_tokens=300)
@@ -82,6 +85,7 @@ def test_batch_composition_and_order_do_not_matter_much(setup):
     assert np.abs(a.embed(proteins) - b.embed(proteins[::-1])[::-1]).max() <= 1e-5
 
 
+@pytest.mark.unit
 def test_fast_backend_deduplicates_within_and_across_batches(setup):
     assert EmbeddingSettings().resolved_mode("cpu") == "exact"
     assert EmbeddingSettings().resolved_mode("cuda:1") == "fast"
@@ -97,6 +101,7 @@ def test_fast_backend_deduplicates_within_and_across_batches(setup):
     assert cosines(first[:10], setup["exact_esm"][:10]).min() >= 0.999
 
 
+@pytest.mark.unit
 def test_cache_is_bounded_and_exact_mode_stays_bit_identical(setup):
     backend = make_backend("dnabert_s", str(setup["dna"]), mode="exact", cache_bytes=1 << 20,
                            cache_entries=5).load()
@@ -109,6 +114,7 @@ def test_cache_is_bounded_and_exact_mode_stays_bit_identical(setup):
     assert backend.cache.stats()["hits"] == 5
 
 
+@pytest.mark.unit
 def test_stream_and_launch_keep_input_order(setup):
     """embed_stream (the sidecar's way: next chunk tokenized and launched before the last is read) gives what
     one embed call gives, chunk by chunk in order; an empty launch is an empty matrix."""
@@ -123,6 +129,7 @@ def test_stream_and_launch_keep_input_order(setup):
     assert dna.launch([]).result().shape == (0, dna.dim)
 
 
+@pytest.mark.process
 def test_fast_sidecar_with_concurrent_clients_matches_exact(setup, tmp_path):
     """A fast-mode sidecar (fp16 here, as on a GPU) under 6 concurrent clients with tiny batch budgets, so
     that many batches go through the two-deep launch/collect pipeline with the token arrays made at

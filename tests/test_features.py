@@ -19,24 +19,27 @@ def embeddings(ids, dim, seed):
 IDS = [f"read{i}_chunk_{i % 2 + 1}{'FR'[i % 2]}{i % 3 + 1}" for i in range(7)]
 
 
+@pytest.mark.unit
 def test_merge_puts_dnabert_first_then_esm():
     dna, protein = embeddings(IDS, 768, 0), embeddings(IDS, 2560, 1)
     merged = Fe.merge_embeddings(dna, protein)
     assert merged["ids"] == IDS
     data = merged["data"]
-    assert data.dtype == torch.float32 and tuple(data.shape) == (7, Fe.MERGED_DIM) == (7, 3328)
-    assert np.array_equal(data[:, :768].numpy(), dna[1])
-    assert np.array_equal(data[:, 768:].numpy(), protein[1])
+    assert data.dtype == np.float32 and tuple(data.shape) == (7, Fe.MERGED_DIM) == (7, 3328)
+    assert np.array_equal(data[:, :768], dna[1])
+    assert np.array_equal(data[:, 768:], protein[1])
 
 
+@pytest.mark.unit
 def test_merge_accepts_tensors_and_float64():
     dna = (IDS, torch.randn(7, 768, dtype=torch.float64))
     protein = (tuple(IDS), torch.randn(7, 2560))
     data = Fe.merge_embeddings(dna, protein)["data"]
-    assert data.dtype == torch.float32
-    assert torch.equal(data[:, :768], dna[1].float())
+    assert data.dtype == np.float32
+    assert np.array_equal(data[:, :768], dna[1].float().numpy())
 
 
+@pytest.mark.unit
 def test_merge_names_the_first_mismatch():
     swapped = IDS[:3] + [IDS[4], IDS[3]] + IDS[5:]
     with pytest.raises(InputError, match=r"row 3: '%s' vs '%s'" % (IDS[3], IDS[4])):
@@ -45,6 +48,7 @@ def test_merge_names_the_first_mismatch():
         Fe.merge_embeddings(embeddings(IDS, 768, 0), embeddings(IDS[:6], 2560, 1))
 
 
+@pytest.mark.unit
 def test_merge_checks_widths_and_rows():
     with pytest.raises(InputError, match="768"):
         Fe.merge_embeddings(embeddings(IDS, 767, 0), embeddings(IDS, 2560, 1))
@@ -56,11 +60,13 @@ def test_merge_checks_widths_and_rows():
     assert tuple(small["data"].shape) == (7, 8)
 
 
+@pytest.mark.unit
 def test_merge_of_nothing():
     merged = Fe.merge_embeddings(([], np.zeros((0, 768))), ([], np.zeros((0, 2560))))
     assert merged["ids"] == [] and tuple(merged["data"].shape) == (0, 3328)
 
 
+@pytest.mark.unit
 def test_merged_file_roundtrip_in_original_layout(tmp_path):
     merged = Fe.merge_embeddings(embeddings(IDS, 768, 0), embeddings(IDS, 2560, 1))
     path = tmp_path / "output_1_merged.pt"
@@ -68,17 +74,19 @@ def test_merged_file_roundtrip_in_original_layout(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"ids", "data"} and type(raw["ids"]) is list and raw["ids"] == IDS
-    assert raw["data"].dtype == torch.float32 and torch.equal(raw["data"], merged["data"])
+    assert raw["data"].dtype == torch.float32 and torch.equal(raw["data"], torch.from_numpy(merged["data"]))
     loaded = Fe.load_merged(path)
-    assert loaded["ids"] == IDS and torch.equal(loaded["data"], merged["data"])
+    assert loaded["ids"] == IDS and torch.equal(loaded["data"], torch.from_numpy(merged["data"]))
 
 
+@pytest.mark.unit
 def test_save_merged_does_not_write_a_views_whole_storage(tmp_path):
     big = torch.randn(1000, 3328)
     Fe.save_merged(tmp_path / "m.pt", {"ids": ["a", "b"], "data": big[:2]})
     assert (tmp_path / "m.pt").stat().st_size < 200_000
 
 
+@pytest.mark.unit
 def test_load_merged_reads_the_originals_files(tmp_path):
     path = tmp_path / "output_1_merged.pt"
     data = torch.stack([torch.cat((torch.tensor(list(map(float, range(768)))), torch.randn(2560))) for _ in range(3)])
@@ -87,6 +95,7 @@ def test_load_merged_reads_the_originals_files(tmp_path):
     assert loaded["ids"] == ["a", "b", "c"] and torch.equal(loaded["data"], data)
 
 
+@pytest.mark.unit
 def test_load_merged_refuses_bad_files(tmp_path):
     misaligned = tmp_path / "misaligned.pt"  # what merge_data saves when ESM lacks an id
     torch.save({"ids": ["a", "b", "c"], "data": torch.randn(2, 3328)}, misaligned)
@@ -102,6 +111,7 @@ def test_load_merged_refuses_bad_files(tmp_path):
         assert str(path) in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 
+@pytest.mark.unit
 def test_embedding_npz_roundtrip(tmp_path):
     ids = ["plain", "ünïcødé_chunk_1F1", "with space", "x" * 300, ""]
     array = np.random.default_rng(0).normal(size=(5, 11))
@@ -115,12 +125,14 @@ def test_embedding_npz_roundtrip(tmp_path):
     assert np.array_equal(got, array.astype(np.float32))
 
 
+@pytest.mark.unit
 def test_embedding_npz_empty(tmp_path):
     save_embeddings(tmp_path / "e.npz", [], np.zeros((0, 768)))
     ids, data = load_embeddings(tmp_path / "e.npz")
     assert ids == [] and data.shape == (0, 768)
 
 
+@pytest.mark.unit
 def test_save_embeddings_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         save_embeddings(tmp_path / "a.npz", ["a", "b"], np.zeros((3, 4)))
@@ -131,6 +143,7 @@ def test_save_embeddings_rejects_bad_arguments(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_load_embeddings_refuses_bad_files(tmp_path):
     pickled = tmp_path / "pickled.npz"
     with open(pickled, "wb") as handle:
@@ -151,6 +164,7 @@ def test_load_embeddings_refuses_bad_files(tmp_path):
         assert str(path) in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 
+@pytest.mark.process
 def test_embedding_files_module_does_not_import_torch(tmp_path):
     code = (
         "import sys, numpy as np\n"
@@ -162,15 +176,33 @@ def test_embedding_files_module_does_not_import_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.unit
 def test_merge_files_end_to_end(tmp_path):
     dna, protein = embeddings(IDS, 768, 0), embeddings(IDS, 2560, 1)
     save_embeddings(tmp_path / "d.npz", *dna)
     save_embeddings(tmp_path / "p.npz", *protein)
     merged = Fe.merge_files(tmp_path / "d.npz", tmp_path / "p.npz", tmp_path / "output_1_merged.pt")
     loaded = Fe.load_merged(tmp_path / "output_1_merged.pt")
-    assert loaded["ids"] == IDS and torch.equal(loaded["data"], merged["data"])
+    assert loaded["ids"] == IDS and torch.equal(loaded["data"], torch.from_numpy(merged["data"]))
     save_embeddings(tmp_path / "p2.npz", IDS[::-1], protein[1])
     with pytest.raises(InputError) as excinfo:
         Fe.merge_files(tmp_path / "d.npz", tmp_path / "p2.npz", tmp_path / "bad.pt")
     assert "d.npz" in str(excinfo.value) and "p2.npz" in str(excinfo.value)
     assert not (tmp_path / "bad.pt").exists()
+
+
+@pytest.mark.process
+def test_the_merge_command_never_imports_torch(tmp_path):
+    """Each part's merge job is a process of its own: it must not pay torch's import (seconds each)."""
+    dna, protein = embeddings(IDS, 768, 0), embeddings(IDS, 2560, 1)
+    save_embeddings(tmp_path / "d.npz", *dna)
+    save_embeddings(tmp_path / "p.npz", *protein)
+    out = tmp_path / "merged" / "output_1_merged.pt"
+    code = ("import sys\nfrom virnucflow.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nfinally:\n    print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "merge", "--dnabert", str(tmp_path / "d.npz"),
+                           "--esm", str(tmp_path / "p.npz"), "--output", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    loaded = torch.load(out, weights_only=True)
+    assert loaded["ids"] == IDS and np.array_equal(loaded["data"].numpy(), np.concatenate([dna[1], protein[1]], axis=1))

@@ -16,6 +16,8 @@ import pytest
 from conftest import run_cli
 from virnucflow import fetch
 
+pytestmark = pytest.mark.process
+
 COMMIT = "1234567890abcdef1234567890abcdef12345678"
 
 

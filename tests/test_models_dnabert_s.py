@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from virnucflow.errors import InputError
 from virnucflow.models.dnabert_s import load_dnabert_s, write_tiny_dnabert_s
 
+pytestmark = pytest.mark.unit
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dnabert_s"
 FILES = (
     "config.json",

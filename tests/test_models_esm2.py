@@ -11,6 +11,8 @@ import torch
 from virnucflow.errors import InputError
 from virnucflow.models.esm2 import load_esm2, write_tiny_esm2_checkpoint
 
+pytestmark = pytest.mark.unit
+
 PROTEINS = ["MKVLAAGIVG", "MSTNPKPQRKTKRNTNRRPQDVKFPGGGQIVGGVYLLPRRGPRLGVRATRKTSERSQPRGRRQ", "W"]
 
 

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 from virnucflow.models.dnabert_s import load_tokenizer, write_tiny_dnabert_s
 from virnucflow.models.mosaicbert import alibi_bias, alibi_slopes, load_mosaicbert
 
+pytestmark = pytest.mark.unit
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dnabert_s"
 
 

@@ -44,6 +44,7 @@ def spec_frames(chunk_id, seq):
     return out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("cs", [300, 500])
 def test_window_examples_from_the_notes(cs):
     assert window_starts(501, 500) == [0, 250]
@@ -52,6 +53,7 @@ def test_window_examples_from_the_notes(cs):
         assert ours == spec_windows(length, cs), length
 
 
+@pytest.mark.unit
 def test_last_chunk_is_shorter_for_typical_lengths():
     assert [(s, min(s + 500, 501)) for s in window_starts(501, 500)] == [(0, 500), (250, 501)]
 
@@ -73,6 +75,7 @@ def edge_case_records(cs, seed=7):
     return records
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("cs", [300, 500])
 def test_chunk_and_translate_match_the_original_rules(tmp_path, cs):
     records = edge_case_records(cs)
@@ -94,6 +97,7 @@ def test_chunk_and_translate_match_the_original_rules(tmp_path, cs):
     assert (tmp_path / "prot.faa").read_text() == "".join(f">{fid}\n{p}\n" for fid, _, p in expected_frames)
 
 
+@pytest.mark.unit
 def test_frame_slice_is_one_base_longer_than_the_codons():
     fid, nuc, prot = spec_frames("c", "ATGGCC" + "AAA" * 5 + "G")[0]
     from virnucflow.translation import kept_frames

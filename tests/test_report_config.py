@@ -5,6 +5,8 @@ import pytest
 
 from workflow_runs import DEMO_DATA, snakemake, write_config
 
+pytestmark = pytest.mark.process
+
 
 @pytest.mark.parametrize(
     "overrides, message",

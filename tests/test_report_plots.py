@@ -2,9 +2,13 @@
 
 import random
 
+import pytest
+
 from virnucflow.contigs import chunk_ids
 from virnucflow.report_data import SampleData, run_stats
 from virnucflow.report_plots import plot_run_stats, plot_score_distribution, plot_score_tracks, plot_viral_fraction, top_contigs
+
+pytestmark = pytest.mark.unit
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

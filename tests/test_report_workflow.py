@@ -1,4 +1,7 @@
-"""The demo run's per-record outputs and its Snakemake report: the HTML builds and holds every figure and table."""
+"""The demo run's per-record outputs and its Snakemake report: the HTML builds and holds every figure and table.
+
+The run is the one shared by the tests (conftest.demo_run): the demo's two samples and `nothing`, whose
+records keep no frame; report.top_contigs is 5."""
 
 import base64
 import csv
@@ -8,21 +11,18 @@ import re
 import pytest
 
 from conftest import run_cli
-from workflow_runs import DEMO_DATA, build_report, snakemake, write_config
+from workflow_runs import DEMO_DATA, DEMO_RUN_SAMPLES, build_report, snakemake
 from virnucflow.fasta import read_fasta
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.workflow
 
-SAMPLES = {"phage_mix": DEMO_DATA / "phage_mix.fa", "reads_gz": DEMO_DATA / "reads.fa.gz"}
+SAMPLES = {"phage_mix": DEMO_DATA / "phage_mix.fa", "reads_gz": DEMO_DATA / "reads.fa.gz"}  # with kept frames
 FIGURES = ("virus_scores.png", "viral_fraction.png", "run_stats.png")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("report_run")
-    write_config(workdir, embedding={"sidecar": False, "device": "cpu"}, report={"top_contigs": 5})
-    snakemake(workdir, "--cores", "2")
-    return workdir
+def run(demo_run):
+    return demo_run
 
 
 def table(path):
@@ -31,7 +31,7 @@ def table(path):
 
 
 def test_per_record_calls_cover_every_input_record(run):
-    for sample, fasta in SAMPLES.items():
+    for sample, fasta in {**SAMPLES, "nothing": run / "ambiguous.fa"}.items():
         out = run / "results" / sample
         records = dict(read_fasta(fasta))
         rows = table(out / "virus_contigs.tsv")
@@ -54,13 +54,13 @@ def test_the_report_builds_and_holds_every_figure_and_table(run):
     for name in FIGURES:
         assert base64.b64decode(embedded[name]) == (run / "summary" / name).read_bytes(), name
     tracks = [base64.b64decode(v) for v in re.findall(r"filename=score_tracks\.png;base64,([A-Za-z0-9+/=]+)", html)]
-    assert sorted(tracks) == sorted((run / "results" / s / "score_tracks.png").read_bytes() for s in SAMPLES)
-    assert html.count("filename=virus_contigs.tsv;base64,") == 2 and "filename=run_stats.tsv;base64," in html
+    assert sorted(tracks) == sorted((run / "results" / s / "score_tracks.png").read_bytes() for s in DEMO_RUN_SAMPLES)
+    assert html.count("filename=virus_contigs.tsv;base64,") == 3 and "filename=run_stats.tsv;base64," in html
     for category in ("Per-record calls", "Score tracks", "Summary", "Run statistics", "Provenance"):
         assert category in html
     # each sample's run_info.json, the very bytes the workflow wrote
     infos = [base64.b64decode(v) for v in re.findall(r"filename=run_info\.json;base64,([A-Za-z0-9+/=]+)", html)]
-    assert sorted(infos) == sorted((run / "results" / s / "run_info.json").read_bytes() for s in SAMPLES)
+    assert sorted(infos) == sorted((run / "results" / s / "run_info.json").read_bytes() for s in DEMO_RUN_SAMPLES)
     # the workflow description and captions, rendered with this run's config
     assert "re-implemented faithfully as a Snakemake workflow" in html
     assert "These are the tiny random demo models" in html
@@ -71,8 +71,8 @@ def test_the_report_builds_and_holds_every_figure_and_table(run):
 def test_the_run_is_complete_and_status_says_so(run):
     assert "Nothing to be done" in snakemake(run, "-n", "--cores", "2").stdout
     report = json.loads(run_cli("status", "-d", str(run), "--json", "--no-sidecar").stdout)
-    assert [s["stage"] for s in report["samples"]] == ["done", "done"]
+    assert [s["stage"] for s in report["samples"]] == ["done", "done", "done"]
     assert report["workflow"]["percent"] == 100 and not report["workflow"]["locked"]
     stats = table(run / "summary/run_stats.tsv")
-    assert [r["sample"] for r in stats] == list(SAMPLES) and stats[1]["parts"] == "2"
+    assert [r["sample"] for r in stats] == list(DEMO_RUN_SAMPLES) and stats[1]["parts"] == "2"
     assert stats[0]["embed_seconds"] != "NA"

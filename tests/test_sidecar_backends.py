@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from sidecar.backends import SequenceFailed, configure_device, cuda_memory, make_backend
-from test_sidecar_support import models, pools  # noqa: F401
+from test_sidecar_support import pools
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

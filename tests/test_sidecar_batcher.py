@@ -5,6 +5,8 @@ import pytest
 
 from sidecar.batcher import Batcher, Busy, Closed, Job
 
+pytestmark = pytest.mark.unit
+
 
 def job(model, n, tokens=10, tag=0):
     seqs = [f"{tag}-{i}" for i in range(n)]

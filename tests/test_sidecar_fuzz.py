@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sidecar import protocol
-from test_sidecar_support import Sidecar, model_args, models, raw_dealer, recv_header  # noqa: F401
+from test_sidecar_support import Sidecar, model_args, raw_dealer, recv_header
 
 LIMITS = protocol.LIMITS
 MODELS = list(protocol.MODELS)

@@ -21,8 +21,9 @@ import zmq
 from sidecar import auth, protocol
 from sidecar.client import SidecarClient, SidecarError
 from sidecar.launcher import ensure_sidecar
-from test_sidecar_support import (REPO, model_args, models, pools, raw_dealer, recv_header,  # noqa: F401
-                                  reference, spawn)
+from test_sidecar_support import REPO, model_args, pools, raw_dealer, recv_header
+
+pytestmark = pytest.mark.process
 
 
 # ---- shutdown and orphan handling -------------------------------------------------------------
@@ -75,6 +76,19 @@ def test_exits_when_the_watched_process_is_gone(spawn, models):
     assert time.monotonic() - start < 3
     assert not sidecar.endpoint_file.exists()
     assert f"watched pid {parent.pid} is gone" in sidecar.log.read_text()
+
+
+def test_a_watched_process_gone_before_the_start_means_no_start(models, tmp_path):
+    """What a job left running by a killed Snakemake gets when it tries to start its sidecar: one line, and
+    no endpoint file that would outlive the run."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    endpoint_file = tmp_path / "e.json"
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "serve", "--endpoint-file", str(endpoint_file),
+                           *model_args(models, ["dnabert_s"]), "--watch-pid", str(gone.pid)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and not endpoint_file.exists()
+    assert proc.stderr.strip() == f"sidecar serve: watched pid {gone.pid} is already gone; not starting"
 
 
 def test_exits_when_its_endpoint_file_is_removed_even_while_loading(spawn, models):

@@ -16,7 +16,7 @@ import pytest
 from sidecar import protocol
 from sidecar.backends import make_backend
 from sidecar.batcher import Batcher, Job
-from test_sidecar_support import Sidecar, model_args, models, pools, raw_dealer, recv_header, spawn  # noqa: F401
+from test_sidecar_support import Sidecar, model_args, pools, raw_dealer, recv_header
 
 HEAD = {"proto": protocol.PROTOCOL, "v": protocol.VERSION, "type": "ping", "id": "p"}
 
@@ -34,7 +34,7 @@ def refused(frame, match):
 @pytest.mark.unit
 @pytest.mark.parametrize("depth", [17, 50_000, 100_000])
 def test_deep_nesting_is_refused_before_json_parses_it(depth):
-    for opening, closing in ("[]", "{}"):
+    for opening in "[{":
         inner = '{"a":' * (depth - 1) + "1" + "}" * (depth - 1) if opening == "{" else "[" * depth + "]" * depth
         frame = json.dumps(dict(HEAD, x=None)).replace("null", inner).encode()
         refused(frame, f"nests {depth + (opening == '[')} levels deep; the limit is 16")
@@ -64,7 +64,7 @@ def test_oversized_frames_and_requests_are_refused_naming_the_limit():
     assert time.monotonic() - start < 0.5 and "fewer or shorter" in message
     cases = [
         ("dnabert_s", ["x"], ["A" * (limits.max_seq_len_dnabert_s + 1)],
-         f"10001 nucleotides; this sidecar takes at most 10000 for dnabert_s \\(--max-seq-len-dnabert-s\\)"),
+         "10001 nucleotides; this sidecar takes at most 10000 for dnabert_s \\(--max-seq-len-dnabert-s\\)"),
         ("esm2", ["x"], ["M" * (limits.max_seq_len_esm2 + 1)], "10001 residues; .* \\(--max-seq-len-esm2\\)"),
         ("esm2", [str(i) for i in range(1025)], ["M"] * 1025, "1025 sequences in one request; the limit is 1024"),
         ("esm2", [str(i) for i in range(110)], ["M" * 10_000] * 110, f"exceed {limits.max_request_chars} characters"),

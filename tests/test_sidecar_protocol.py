@@ -7,6 +7,8 @@ import pytest
 
 from sidecar import protocol
 
+pytestmark = pytest.mark.unit
+
 
 def test_embed_request_round_trip():
     frames = protocol.embed("esm2", ["a", "b"], ["MK", "LV"], request_id="r1")

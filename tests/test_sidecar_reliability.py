@@ -22,7 +22,7 @@ import zmq
 from sidecar import protocol, rendezvous
 from sidecar.client import ASSUMED_RATE, SidecarClient
 from sidecar.replies import Outbox, Requests
-from test_sidecar_support import REPO, Sidecar, model_args, models, pools, raw_dealer, recv_header  # noqa: F401
+from test_sidecar_support import REPO, Sidecar, model_args, pools, raw_dealer, recv_header
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import zmq
 
 from sidecar import protocol
 from sidecar.client import SidecarClient, SidecarError
-from test_sidecar_support import (REPO, Sidecar, model_args, models, pools, raw_dealer, recv_header,  # noqa: F401
-                                  reference, spawn)
+from test_sidecar_support import REPO, Sidecar, model_args, pools, raw_dealer, recv_header
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from workflow_runs import REPO, job_counts, orf_workload as many_parts_config, pid_alive, snakemake, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.workflow
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv")
 
 

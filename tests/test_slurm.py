@@ -23,7 +23,7 @@ from workflow_runs import (
     slurm_profile, snakemake, wait_for, write_config,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slurm
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv")
 SAMPLES = ("phage_mix", "reads_gz")
 
@@ -101,11 +101,9 @@ def same_results(a, b, samples=SAMPLES):
 
 
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("local")
-    write_config(workdir, embedding={"sidecar": True, "device": "cpu"})
-    snakemake(workdir, "--cores", "2")
-    return workdir
+def local_reference(demo_run):
+    """The demo run locally with a sidecar on the CPU: the run that the tests share (conftest.demo_run)."""
+    return demo_run
 
 
 def sidecar_status(endpoint):
@@ -292,9 +290,10 @@ def test_the_whole_workflow_in_one_allocation_with_the_local_profile(tmp_path, l
 
 def test_a_run_killed_at_its_time_limit_leaves_nothing_behind(tmp_path):
     workdir = tmp_path / "walltime"
-    # 200 parts take several minutes on 2 CPUs; SLURM ends the allocation after 1 minute (its time check
-    # runs every 30 s, so within 90 s), in the middle of the embedding or merging
-    orf_workload(workdir, 200, embedding={"sidecar": True, "device": "cpu"})
+    # 1000 parts take minutes on 2 CPUs (about 0.2 s each now that no per-part job imports torch: 200 parts
+    # finished within the limit); SLURM ends the allocation after 1 minute (its time check runs every 30 s,
+    # so within 90 s), in the middle of the embedding or merging
+    orf_workload(workdir, 1000, embedding={"sidecar": True, "device": "cpu"})
     jobid = sbatch_local_profile(workdir, "1")
     assert wait_for(lambda: job_state(jobid) in (None, "TIMEOUT", "COMPLETED", "FAILED"), 300, step=1)
     assert wait_for(lambda: jobcomp_records().get(jobid, {}).get("JobState") == "TIMEOUT", 60), \

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import run_cli
 from virnucflow.progress import Progress
 
@@ -38,6 +40,7 @@ def running_layout(root):
     touch(root / ".virnucflow/sidecar/gpu0.json", "{}")
 
 
+@pytest.mark.process
 def test_status_of_a_run_in_progress(tmp_path):
     running_layout(tmp_path)
     proc = run_cli("status", "-d", str(tmp_path), "--json")
@@ -61,21 +64,24 @@ def test_status_of_a_run_in_progress(tmp_path):
     assert "gpu0: " in text
 
 
+@pytest.mark.process
 def test_status_lists_unstarted_samples_from_the_sheet_and_an_empty_directory(tmp_path):
     sheet = tmp_path / "samples.tsv"
     sheet.write_text("sample\tfasta\nfirst\ta.fa\nsecond\tb.fa\n")
     text = run_cli("status", "-d", str(tmp_path), "--sample-sheet", str(sheet), "--no-sidecar").stdout
     assert "workflow: not running; no Snakemake log" in text and "samples done: 0 of 2" in text
-    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing").mkdir()  # an empty directory (a missing one is an error: tests/test_cli_basics.py)
     assert run_cli("status", "-d", str(tmp_path / "nothing"), "--no-sidecar").stdout.endswith("no sample has started (results/ is empty)\n")
 
 
+@pytest.mark.process
 def test_status_does_not_import_torch(tmp_path):
     code = "import sys; from virnucflow.cli import main; main(['status', '-d', sys.argv[1], '--no-sidecar']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
 
 
+@pytest.mark.unit
 def test_progress_lines_every_n_records(caplog, monkeypatch):
     monkeypatch.setenv("VIRNUCFLOW_PROGRESS_EVERY", "10")
     caplog.set_level("INFO", logger="virnucflow.progress")
@@ -88,6 +94,7 @@ def test_progress_lines_every_n_records(caplog, monkeypatch):
         "chunk: 10 chunks written", "chunk: 20 chunks written", "chunk: 25 chunks written in total"]
 
 
+@pytest.mark.process
 def test_chunk_logs_progress(tmp_path, monkeypatch):
     src = tmp_path / "in.fa"
     src.write_text("".join(f">r{i}\n{'ACGT' * 100}\n" for i in range(30)))
@@ -96,6 +103,7 @@ def test_chunk_logs_progress(tmp_path, monkeypatch):
     assert "chunk: 20 chunks written" in proc.stderr and "chunk: 60 chunks written in total" in proc.stderr
 
 
+@pytest.mark.process
 def test_a_file_that_a_running_job_still_writes_is_not_done(tmp_path):
     running_layout(tmp_path)
     key = base64.urlsafe_b64encode(b"results/s3/virus_contigs.tsv").decode()

@@ -1,23 +1,20 @@
-"""The workflow's static checks and config validation: lint, dry run, and mistakes caught before anything runs."""
+"""Config validation through dry runs of the real `snakemake`: the plan, and mistakes caught before anything runs.
+(`snakemake --lint` with the demo config is a step of .ci/run's lint stage.)"""
 
 import pytest
 
 from workflow_runs import REPO, snakemake, write_config
 
-
-def test_lint_is_clean(tmp_path):
-    write_config(tmp_path)
-    proc = snakemake(tmp_path, "--lint")
-    assert "Congratulations, your workflow is in a good condition" in proc.stdout
+pytestmark = pytest.mark.process
 
 
 @pytest.mark.parametrize("sidecar", [True, False])
 def test_dry_run_plans_the_whole_pipeline(tmp_path, sidecar):
     write_config(tmp_path, embedding={"sidecar": sidecar})
     out = snakemake(tmp_path, "-n", "--cores", "2").stdout
-    for rule in ("make_demo_models", "chunk", "translate", "split_parts", "classify"):
+    for rule in ("make_demo_models", "chunk", "translate", "count_parts", "classify"):
         assert rule in out
-    # the embedding jobs (and the sidecar they need) are planned once the split checkpoint has run
+    # the split, the embedding jobs (and the sidecar they need) are planned once the count_parts checkpoint has run
     assert "checkpoint jobs" in out
 
 

@@ -1,82 +1,74 @@
-"""The demo end to end through the real `snakemake` command: in-process and sidecar paths give identical files."""
+"""The demo end to end through the real `snakemake` command: in-process and sidecar paths give identical files.
 
+Both runs are made once per test run (conftest.demo_run, conftest.demo_run_in_process); these tests only read them.
+"""
 
 import numpy as np
 import pytest
+import torch
 
-from workflow_runs import pid_alive, snakemake, wait_for, write_config
 from virnucflow.embedding_files import load_embeddings
+from workflow_runs import DEMO_RUN_SAMPLES, pid_alive, snakemake, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.workflow
 
 RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv")
+DEMO_SAMPLES = ("phage_mix", "reads_gz")
 
 
-@pytest.fixture(scope="module")
-def both_runs(tmp_path_factory):
-    runs = {}
-    for name, sidecar in (("in_process", False), ("sidecar", True)):
-        workdir = tmp_path_factory.mktemp(name)
-        write_config(workdir, keep_intermediate=True, embedding={"sidecar": sidecar, "device": "cpu"})
-        proc = snakemake(workdir, "--cores", "2")
-        runs[name] = (workdir, proc.stdout)
-    return runs
-
-
-def test_demo_writes_every_promised_output(both_runs):
-    workdir, _ = both_runs["sidecar"]
-    for sample in ("phage_mix", "reads_gz"):
-        out = workdir / "results" / sample
+def test_demo_writes_every_promised_output(demo_run):
+    for sample in DEMO_RUN_SAMPLES:
+        out = demo_run / "results" / sample
         for name in ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa", *RESULT_FILES):
             assert (out / name).is_file(), name
         assert sorted(p.name for p in (out / "merged").iterdir())
         header = (out / "prediction_results.txt").read_text().splitlines()[0]
         assert header == "Sequence_ID\tPrediction\tscore1\tscore2"
     # 43 kept frames in reads_gz with 40 records per file -> two parts
-    assert len(list((workdir / "results/reads_gz/merged").glob("output_*_merged.pt"))) == 2
-    assert all((workdir / "logs").rglob("*.log"))
+    assert len(list((demo_run / "results/reads_gz/merged").glob("output_*_merged.pt"))) == 2
+    assert all((demo_run / "logs").rglob("*.log"))
 
 
-def test_sidecar_and_in_process_files_are_bit_identical(both_runs):
-    a, _ = both_runs["in_process"]
-    b, _ = both_runs["sidecar"]
-    embeddings = sorted((a / "results").rglob("embeddings/*.npz"))
-    assert embeddings
-    for path in embeddings:
-        ids_a, vec_a = load_embeddings(path)
-        ids_b, vec_b = load_embeddings(b / path.relative_to(a))
-        assert ids_a == ids_b
-        assert vec_a.dtype == vec_b.dtype == np.float32
-        assert np.array_equal(vec_a, vec_b), path
-    for sample in ("phage_mix", "reads_gz"):
+def test_sidecar_and_in_process_files_are_bit_identical(demo_run, demo_run_in_process):
+    """The in-process run keeps its per-part embeddings; the sidecar run's merged files hold its vectors
+    (DNABERT-S, then ESM-2, per row), so each merged file must be the two in-process ones side by side."""
+    a, b = demo_run_in_process, demo_run
+    embeddings = sorted((a / "results").rglob("embeddings/*_DNABERT_S.npz"))
+    assert len(embeddings) == 3  # phage_mix: 1 part, reads_gz: 2
+    for dna_path in embeddings:
+        ids_dna, dna = load_embeddings(dna_path)
+        ids_esm, esm = load_embeddings(dna_path.with_name(dna_path.name.replace("_DNABERT_S", "_ESM")))
+        assert ids_dna == ids_esm and dna.dtype == esm.dtype == np.float32
+        merged_name = dna_path.name.replace("_DNABERT_S.npz", "_merged.pt")
+        sidecar = torch.load(b / dna_path.relative_to(a).parent.parent / "merged" / merged_name, weights_only=True)
+        assert sidecar["ids"] == ids_dna and sidecar["data"].dtype == torch.float32
+        assert np.array_equal(sidecar["data"].numpy(), np.concatenate([dna, esm], axis=1)), dna_path
+    for merged in sorted((a / "results").rglob("merged/*.pt")):
+        assert merged.read_bytes() == (b / merged.relative_to(a)).read_bytes(), merged
+    for sample in DEMO_SAMPLES:
         for name in RESULT_FILES:
             assert (a / "results" / sample / name).read_bytes() == (b / "results" / sample / name).read_bytes()
 
 
-def test_the_sidecar_is_gone_after_the_run(both_runs):
-    workdir, _ = both_runs["sidecar"]
-    log = (workdir / "logs/sidecar/cpu.server.log").read_text()
+def test_the_sidecar_is_gone_after_the_run(demo_run):
+    log = (demo_run / "logs/sidecar/cpu.server.log").read_text()
     pid = int(log.split("sidecar[", 1)[1].split("]", 1)[0])
     assert wait_for(lambda: not pid_alive(pid), 15)
-    assert not (workdir / ".virnucflow/sidecar/cpu.json").exists()
+    assert not (demo_run / ".virnucflow/sidecar/cpu.json").exists()
 
 
-def test_intermediates_are_removed_unless_kept(tmp_path):
-    write_config(tmp_path, embedding={"sidecar": True, "device": "cpu"})
-    snakemake(tmp_path, "--cores", "2")
-    out = tmp_path / "results/phage_mix"
-    assert not (out / "parts").exists() and not (out / "embeddings").exists()
-    assert (out / "merged").is_dir()
-    rerun = snakemake(tmp_path, "--cores", "2", "-n")
+def test_intermediates_are_removed_unless_kept(demo_run, demo_run_in_process):
+    for sample in DEMO_RUN_SAMPLES:
+        out = demo_run / "results" / sample
+        assert not (out / "parts").exists() and not (out / "embeddings").exists()
+        assert (out / "merged").is_dir()
+    rerun = snakemake(demo_run, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout
+    kept = demo_run_in_process / "results/phage_mix"
+    assert list((kept / "parts").glob("output_*.fa")) and list((kept / "embeddings").glob("output_*.npz"))
 
 
-def test_a_sample_without_kept_frames_gets_header_only_results(tmp_path):
-    write_config(tmp_path, embedding={"sidecar": True, "device": "cpu"})
-    fasta = tmp_path / "ambiguous.fa"
-    fasta.write_text(">n1\n" + "N" * 700 + "\n>too_short\nAC\n")
-    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\nnothing\t{fasta}\n")
-    snakemake(tmp_path, "--cores", "2")
-    out = tmp_path / "results/nothing"
+def test_a_sample_without_kept_frames_gets_header_only_results(demo_run):
+    out = demo_run / "results/nothing"
     assert (out / "prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
     assert (out / "prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"

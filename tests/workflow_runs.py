@@ -33,6 +33,21 @@ def write_config(workdir, **overrides):
     return path
 
 
+DEMO_RUN_SAMPLES = ("phage_mix", "reads_gz", "nothing")
+
+
+def write_demo_run_config(workdir):
+    """The config of the demo run that tests share (conftest.demo_run): the demo's two samples and a third,
+    `nothing`, whose records keep no frame (all N, and one too short to chunk); a sidecar on the CPU;
+    intermediates removed; the report's score tracks along the top 5 records."""
+    config = write_config(workdir, embedding={"sidecar": True, "device": "cpu"}, report={"top_contigs": 5})
+    fasta = Path(workdir) / "ambiguous.fa"
+    fasta.write_text(">n1\n" + "N" * 700 + "\n>too_short\nAC\n")
+    with open(Path(workdir) / "samples.tsv", "a") as sheet:
+        sheet.write(f"nothing\t{fasta}\n")
+    return config
+
+
 def snakemake(workdir, *args, config=None, timeout=600, check=True, env=None):
     cmd = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),

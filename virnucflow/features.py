@@ -7,15 +7,17 @@ Deviation from the original, on purpose: `merge_data` looks each DNABERT-S id up
 results, skips (with a printed warning) ids missing from either side, yet saves ALL DNABERT-S ids
 beside the shorter data tensor, so ids and rows silently misalign. Here the two inputs must hold
 the same ids in the same order, and a merged file whose ids and rows differ in number is refused.
+
+Merging imports no torch: the merged file is written by virnucflow.torch_format, with the records and
+bytes that torch.save writes. Only reading one (load_merged, in the classify step) imports torch.
 """
 
 import numpy as np
-import torch
 
 from virnucflow import safe_load
-from virnucflow.atomic import atomic_path
 from virnucflow.embedding_files import load_embeddings
 from virnucflow.errors import InputError
+from virnucflow.torch_format import save_ids_and_matrix
 
 DNABERT_DIM = 768
 ESM_DIM = 2560
@@ -28,11 +30,12 @@ def _matrix(name, ids, array, dim):
         raise InputError(f"{name} embeddings: expected {len(ids)} rows of a 2-D array, got shape {data.shape}")
     if dim is not None and data.shape[1] != dim:
         raise InputError(f"{name} embeddings: expected {dim} values per row, got {data.shape[1]}")
-    return torch.from_numpy(np.ascontiguousarray(data))
+    return data
 
 
 def merge_embeddings(dna, protein, *, dna_dim=DNABERT_DIM, protein_dim=ESM_DIM):
-    """Concatenate (ids, [N, dna_dim]) and (ids, [N, protein_dim]) row by row: DNABERT-S first, then ESM-2."""
+    """Concatenate (ids, [N, dna_dim]) and (ids, [N, protein_dim]) row by row: DNABERT-S first, then ESM-2.
+    Returns {'ids': list, 'data': float32 ndarray [N, dna_dim + protein_dim]}."""
     dna_ids, dna_array = list(dna[0]), dna[1]
     protein_ids, protein_array = list(protein[0]), protein[1]
     for row, (a, b) in enumerate(zip(dna_ids, protein_ids)):
@@ -42,23 +45,24 @@ def merge_embeddings(dna, protein, *, dna_dim=DNABERT_DIM, protein_dim=ESM_DIM):
         row = min(len(dna_ids), len(protein_ids))
         extra = (dna_ids if len(dna_ids) > row else protein_ids)[row]
         raise InputError(f"DNA and protein embeddings disagree at row {row}: {extra!r} is present on one side only ({len(dna_ids)} vs {len(protein_ids)} ids)")
-    data = torch.cat([_matrix("DNA", dna_ids, dna_array, dna_dim), _matrix("protein", protein_ids, protein_array, protein_dim)], dim=1)
+    data = np.concatenate([_matrix("DNA", dna_ids, dna_array, dna_dim), _matrix("protein", protein_ids, protein_array, protein_dim)], axis=1)
     return {"ids": dna_ids, "data": data}
 
 
 def save_merged(path, merged):
-    """Write {'ids', 'data'} with torch.save, atomically, in the original layout."""
-    ids, data = list(merged["ids"]), torch.as_tensor(merged["data"])
+    """Write {'ids', 'data'} atomically in the original layout, as torch.save writes it (data as float32).
+    Only the rows are written, not a larger array that `data` is a view of."""
+    ids, data = list(merged["ids"]), np.asarray(merged["data"], dtype=np.float32)
     if data.ndim != 2 or data.shape[0] != len(ids) or not all(isinstance(i, str) for i in ids):
-        raise ValueError(f"merged features for {path}: need one str id per row of a 2-D tensor, got {len(ids)} ids and shape {tuple(data.shape)}")
-    # clone(): torch.save writes a view's whole underlying storage.
-    payload = {"ids": ids, "data": data.detach().to(torch.float32).contiguous().clone()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        raise ValueError(f"merged features for {path}: need one str id per row of a 2-D array, got {len(ids)} ids and shape {tuple(data.shape)}")
+    save_ids_and_matrix(path, ids, data)
 
 
 def load_merged(path):
-    """Read a merged feature file (ours or the original's) without unpickling anything but tensors and lists."""
+    """Read a merged feature file (ours or the original's) without unpickling anything but tensors and lists.
+    Returns {'ids': list, 'data': float32 torch tensor}."""
+    import torch
+
     try:
         obj = safe_load.load(path, needs="a merged feature file holds only ids and a tensor",
                              fix="rerun the merge step")

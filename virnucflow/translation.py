@@ -30,7 +30,7 @@ def kept_frames(chunk_id, chunk_seq):
     forward = chunk_seq.upper()
     reverse = reverse_complement(forward)
     kept = []
-    for strand, seq, tag in ((0, forward, "F"), (1, reverse, "R")):
+    for seq, tag in ((forward, "F"), (reverse, "R")):
         for k in (1, 2, 3):
             protein = translate_frame(seq, k - 1)
             if protein and "*" not in protein:

@@ -258,16 +258,20 @@ def endpoint_file(slot):
     return f"{SIDECAR_DIR}/{slot}.json"
 
 
-def write_text_file(path, text):
+def write_text_file(path, text, log):
+    """The run directive of the small local rules: `text` to `path` atomically, and one line to `log`."""
     from virnucflow.atomic import atomic_path
 
+    with open(log, "w") as handle:
+        handle.write(f"{path} written\n")
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def slot_options(slot):
     """What differs between the sidecars of one run: the device (the rest is in SETTINGS_FILE)."""
-    if on_slurm():  # the sidecar job's script picks the device: its one GPU (cuda:0), else the CPU
+    # under SLURM the sidecar job's script picks the device: its one GPU (cuda:0), else the CPU
+    if on_slurm():
         return ["--drain-timeout 10"]
     return [f"--device {sidecar_device(slot)}"]
 
@@ -277,7 +281,8 @@ def started_sidecar_options(slot):
     # $PPID of a job's shell is the Snakemake process: a sidecar started by this run exits when
     # it is gone, however the run ends (kill -9 included).
     return " ".join(
-        slot_options(slot) + ["--watch-pid $PPID", f"--log logs/sidecar/{slot}.server.log"]
+        slot_options(slot)
+        + ["--watch-pid $PPID", f"--log logs/sidecar/{slot}.server.log"]
     )
 
 
@@ -288,7 +293,7 @@ def serve_args(slot):
 
 def embedding_identity():
     """What makes an embedding: the models' fingerprints and the numeric mode. The param of the
-    rule `embedding_identity`, whose file every embed and merge job reads: a change re-embeds.
+    `embedding_identity` rule, whose file every embed and merge job reads; a change re-embeds.
     (Snakemake does not compare the params of jobs that it finds behind a checkpoint whose temp()
     outputs are gone, so the identity cannot be a param of those jobs themselves.) The demo's models
     are made by the workflow itself, so their file times already say when they change.
@@ -300,7 +305,9 @@ def embedding_identity():
     if config["demo_models"]:
         models = {"esm2": SETTINGS.esm2, "dnabert_s": SETTINGS.dnabert_s}
     else:
-        models = model_fingerprints(SETTINGS.esm2, SETTINGS.dnabert_s, SETTINGS.dnabert_revision)
+        models = model_fingerprints(
+            SETTINGS.esm2, SETTINGS.dnabert_s, SETTINGS.dnabert_revision
+        )
     return json.dumps({"models": models, "mode": mode}, sort_keys=True)
 
 

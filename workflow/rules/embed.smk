@@ -14,9 +14,7 @@ rule embedding_settings:
     params:
         settings=SETTINGS.to_json(),
     run:
-        with open(log[0], "w") as handle:
-            handle.write(f"embedding settings written to {output[0]}\n")
-        write_text_file(output[0], params.settings)
+        write_text_file(output[0], params.settings, log[0])
 
 
 rule embedding_identity:
@@ -30,9 +28,7 @@ rule embedding_identity:
     params:
         identity=lambda wc: embedding_identity(),
     run:
-        with open(log[0], "w") as handle:
-            handle.write(f"embedding identity written to {output[0]}\n")
-        write_text_file(output[0], params.identity + "\n")
+        write_text_file(output[0], f"{params.identity}\n", log[0])
 
 
 if USE_SIDECAR and not EXTERNAL_ENDPOINT:
@@ -75,11 +71,11 @@ rule embed:
         "logs/{sample}/embed/output_{k}.log",
     benchmark:
         "benchmarks/{sample}/embed/output_{k}.tsv"
+    conda:
+        "../envs/virnucflow.yaml"
     resources:
         gpu=0 if USE_SIDECAR else 1,
         mem_mb=2000 if USE_SIDECAR else 32000,
-    conda:
-        "../envs/virnucflow.yaml"
     params:
         args=embed_args,
     shell:
