@@ -131,8 +131,10 @@ class FastDnabertS:
         if not compile_ or any(n.eps != norms[0].eps for n in norms):
             return
         try:
-            add_norm = torch.compile(_add_norm_with(norms[0].eps), dynamic=True)
-            gated_gelu = torch.compile(_gated_gelu, dynamic=True)
+            # dynamic=None: only the token dimension becomes symbolic (after the second size below); with
+            # dynamic=True the hidden widths were symbolic too, which slows the kernels' index arithmetic
+            add_norm = torch.compile(_add_norm_with(norms[0].eps), dynamic=None)
+            gated_gelu = torch.compile(_gated_gelu, dynamic=None)
             g = torch.Generator(device=self.device).manual_seed(0)
             ln = self.model.encoder.layer[0].mlp.layernorm
             for rows in (37, 1000):  # two sizes, so that the dynamic-shape kernel is what gets checked
