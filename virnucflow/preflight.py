@@ -175,13 +175,17 @@ def run_problems(config: dict, samples: dict, classifier: str, directory=".", mo
         if not found:
             notes.append(f"models: {settings.esm2}, {settings.dnabert_s}, {classifier}: present and checked")
     visible = visible_gpu_count() if visible is None else visible
-    if gpus:
-        problems += gpu_problems(settings.device, embedding.get("gpus"), visible)
-    devices = (["cpu"] if settings.device == "cpu" else
-               [f"cuda:{g}" for g in embedding["gpus"]] if embedding.get("gpus") else
-               [settings.device] if settings.device.startswith("cuda:") else
-               [f"cuda:{g}" for g in range(visible)] or (["cuda:0"] if settings.device == "cuda" else ["cpu"]))
-    notes.append(mode_line(settings, devices, embedding.get("sidecar", True)))
+    external = embedding.get("endpoint_file") if embedding.get("sidecar", True) else None
+    if external:  # a sidecar started by hand: its device is its own
+        notes.append(f"embedding: through the sidecar of {external} (its own device and mode)")
+    else:
+        if gpus:
+            problems += gpu_problems(settings.device, embedding.get("gpus"), visible)
+        devices = (["cpu"] if settings.device == "cpu" else
+                   [f"cuda:{g}" for g in embedding["gpus"]] if embedding.get("gpus") else
+                   [settings.device] if settings.device.startswith("cuda:") else
+                   [f"cuda:{g}" for g in range(visible)] or (["cuda:0"] if settings.device == "cuda" else ["cpu"]))
+        notes.append(mode_line(settings, devices, embedding.get("sidecar", True)))
     disk, line = disk_problems(samples.values(), config["chunk_size"], directory)
     problems += disk
     notes.append(line)
