@@ -184,8 +184,7 @@ def test_disk_rule_and_a_full_disk(tmp_path):
 def test_the_mode_line_says_which_numerics_run_where():
     auto = EmbeddingSettings()
     assert preflight.mode_line(auto, ["cuda:0", "cuda:1"], True) == (
-        "embedding: fast (fp16, packed batches) on cuda:0, fast (fp16, packed batches) on cuda:1, "
-        "through resident sidecar(s)")
+        "embedding: fast (fp16, packed batches) on cuda:0, cuda:1, through resident sidecar(s)")
     assert "exact (fp32, the original's numbers) on cpu" in preflight.mode_line(auto, ["cpu"], True)
     assert "exact (fp32" in preflight.mode_line(auto.replace(mode="exact"), ["cuda:0"], False)
 

@@ -82,9 +82,10 @@ def probe_torch(python: str = sys.executable, timeout: float = 300) -> dict:
         proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
         return {"error": str(exc)}
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": (proc.stderr.strip().splitlines() or ["no answer"])[-1]}
 
 
 def asked_gpus(device: str, gpus, visible: int) -> tuple[list[tuple[str, int]], bool]:
@@ -121,7 +122,10 @@ def gpu_problems(device: str, gpus, visible: int, probe=probe_torch) -> list[str
 def mode_line(settings, devices: list[str], sidecar: bool) -> str:
     """Which numeric mode runs on which device, in words."""
     words = {"exact": "exact (fp32, the original's numbers)", "fast": "fast (fp16, packed batches)"}
-    parts = [f"{words[settings.resolved_mode(d)]} on {d}" for d in devices]
+    by_mode = {}
+    for d in devices:
+        by_mode.setdefault(settings.resolved_mode(d), []).append(d)
+    parts = [f"{words[mode]} on {', '.join(on)}" for mode, on in by_mode.items()]
     how = "resident sidecar(s)" if sidecar else "each embedding job (in-process)"
     return f"embedding: {', '.join(parts)}, through {how}"
 
