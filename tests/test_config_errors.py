@@ -245,7 +245,7 @@ def test_snakemake_prints_a_sample_sheet_mistake_as_one_line(tmp_path):
     assert config.exists() and not (tmp_path / "results").exists()
 
 
-@pytest.mark.process
+@pytest.mark.workflow  # a real run (not a dry run); it stops while Snakemake builds its plan
 def test_snakemake_stops_before_chunking_on_a_missing_model_and_gpu(tmp_path, demo_models):
     models = {"esm2": str(tmp_path / "missing.pt"), "dnabert_s": str(demo_models / "dnabert_s_demo"),
               "classifiers": {"500": str(demo_models / "500_model.pth")}}
