@@ -159,7 +159,7 @@ def test_gpu_problems_from_what_torch_reports():
     (missing,) = preflight.gpu_problems("cuda", [0, 3], 1, probe=_torch("12.4", 2))
     assert missing.startswith("embedding.gpus asks for GPU 3, but torch sees only GPUs 0-1")
     (missing,) = preflight.gpu_problems("cuda:2", None, 1, probe=_torch("12.4", 1))
-    assert missing.startswith("embedding.device asks for GPU 2, but torch sees only GPU 0")
+    assert missing == "embedding.device asks for GPU 2, but torch sees only GPU 0: set embedding.device: cuda:0 or lower, or auto"
     (cpu_torch,) = preflight.gpu_problems("auto", [0], 0, probe=_torch(None, 0))
     assert "has no CUDA (no GPU use): install a CUDA build of torch" in cpu_torch and "embedding.device: cpu" in cpu_torch
     (none,) = preflight.gpu_problems("cuda", None, 0, probe=_torch("12.4", 0))

@@ -115,8 +115,9 @@ def gpu_problems(device: str, gpus, visible: int, probe=probe_torch) -> list[str
         return [f"{asking}, but torch sees no GPU (CUDA_VISIBLE_DEVICES="
                 f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run on a GPU machine, or set embedding.device: cpu"]
     seen = "GPU 0" if count == 1 else f"GPUs 0-{count - 1}"
-    return [f"{key} asks for GPU {g}, but torch sees only {seen}: use an existing ordinal, or set embedding.gpus: null "
-            "(every visible GPU)" for key, g in ids if g >= count]
+    fixes = {"embedding.gpus": "use an existing ordinal, or set embedding.gpus: null (every visible GPU)",
+             "embedding.device": f"set embedding.device: cuda:{count - 1} or lower, or auto"}
+    return [f"{key} asks for GPU {g}, but torch sees only {seen}: {fixes[key]}" for key, g in ids if g >= count]
 
 
 def mode_line(settings, devices: list[str], sidecar: bool) -> str:
