@@ -97,7 +97,7 @@ SHEET_MISTAKES = {
     "spaces": ("sample fasta\ns1 {fa}\n", "must be tab-separated (line 1 has spaces)"),
     "row_with_spaces": ("sample\tfasta\ns1 {fa}\n", "must be tab-separated (line 2 has spaces)"),
     "missing_column": ("sample\treads\ns1\t{fa}\n", "line 1: no `fasta` column (the header has sample, reads)"),
-    "duplicate": ("sample\tfasta\ns1\t{fa}\ns1\t{fa}\n", "line 3: sample 's1' is listed again (first on line 2)"),
+    "duplicate": ("sample\tfasta\ns1\t{fa}\ns1\t{fa}\n", "line 3: sample 's1' is listed twice (first on line 2)"),
     "empty": ("", "is empty: write the header `sample<TAB>fasta`"),
     "header_only": ("sample\tfasta\n", "lists no samples: add one row per sample"),
     "missing_fasta": ("sample\tfasta\ns1\tnope.fa\n", "line 2: sample 's1': FASTA 'nope.fa' does not exist: fix the path"),

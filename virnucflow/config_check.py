@@ -105,7 +105,8 @@ def _unknown_keys(error, schema, where: str) -> list[str]:
     for name in error.instance:
         if name in known:
             continue
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6) or \
+            [k for k in known if k.startswith(str(name)) or str(name).startswith(k)][:1]
         if close:
             fix = f"did you mean `{close[0]}`?"
         elif str(name) in everywhere:

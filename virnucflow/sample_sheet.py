@@ -56,7 +56,7 @@ def read_sample_sheet(path, row_schema: dict) -> tuple[dict, list[str]]:
             continue
         name, fasta = row["sample"], row["fasta"]
         if name in first_seen:
-            problems.append(f"{path} line {number}: sample '{name}' is listed again (first on line "
+            problems.append(f"{path} line {number}: sample '{name}' is listed twice (first on line "
                             f"{first_seen[name]}): give each sample one row")
             continue
         first_seen[name] = number
