@@ -160,6 +160,39 @@ def cmd_status(args):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def cmd_check(args):
+    import os
+
+    from virnucflow.preflight import check
+
+    configfile = os.path.abspath(args.configfile)
+    if not os.path.isfile(configfile):
+        print(f"virnucflow check: error: config file {args.configfile} does not exist; give it with --configfile",
+              file=sys.stderr)
+        return 2
+    if not os.path.isdir(args.directory):
+        print(f"virnucflow check: error: {args.directory} is not a directory; give the run's working directory "
+              "with -d", file=sys.stderr)
+        return 2
+    os.chdir(args.directory)  # as Snakemake's --directory: the config's relative paths start there
+    problems, notes = check(configfile)
+    if notes:
+        print("\n".join(notes), flush=True)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        print(f"{len(problems)} problem(s); fix them and run `virnucflow check` again", file=sys.stderr)
+        return 1
+    print(f"OK: {args.configfile} is ready to run")
+    return 0
+
+
+def _add_check_command(sub):
+    p = sub.add_parser("check", help="check a config before a run: sample sheet, models, GPUs, disk space")
+    p.add_argument("--configfile", default="config/config.yaml", help="the config (default config/config.yaml)")
+    p.add_argument("--directory", "-d", default=".", help="the run's working directory (default .)")
+    p.set_defaults(func=cmd_check)
+
+
 def _fraction(text):
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -282,6 +315,7 @@ def build_parser():
     p.set_defaults(func=cmd_demo_models)
 
     _add_report_commands(sub)
+    _add_check_command(sub)
     return parser
 
 

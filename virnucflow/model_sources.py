@@ -33,7 +33,8 @@ def esm2_checkpoint(source: str) -> Path:
     if source.endswith(".pt") or "/" in source or os.sep in source:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise InputError(f"ESM-2 checkpoint not found: {path}")
+            raise InputError(f"ESM-2 checkpoint not found: {path}; fetch it with `virnucflow fetch-models "
+                             "--dest models` (or `snakemake download_models`), or fix the path")
         return path
     path = torch_hub_dir() / "checkpoints" / f"{source}.pt"
     if not path.is_file():
@@ -61,7 +62,8 @@ def dnabert_directory(source: str, revision: str | None = None) -> Path:
     if path.is_dir():
         return path
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise InputError(f"DNABERT-S model directory not found: {source}")
+        raise InputError(f"DNABERT-S model directory not found: {source}; fetch it with `virnucflow fetch-models "
+                         "--dest models` (or `snakemake download_models`), or fix the path")
     from huggingface_hub import snapshot_download
 
     cache = hf_hub_cache()
@@ -72,7 +74,7 @@ def dnabert_directory(source: str, revision: str | None = None) -> Path:
         raise InputError(
             f"DNABERT-S {source}{' @ ' + revision if revision else ''} is neither a local "
             f"directory nor in the Hugging Face cache {cache}; fetch it once with: "
-            f"hf download {source}{pinned}"
+            f"hf download {source}{pinned} (or `virnucflow fetch-models --dest models`), or fix the path"
         ) from None
 
 

@@ -1,55 +1,39 @@
 # Config and sample-sheet validation, and the input functions shared by the rules.
 
-import csv
 import functools
-import subprocess
 import os
 import re
 import json
 import shlex
 
-from snakemake.utils import validate
-
+from virnucflow import preflight
+from virnucflow.config_check import config_problems, fill_defaults, load_schema
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
-from virnucflow.model_check import check_classifier, check_dnabert_s, check_esm2
-
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+from virnucflow.sample_sheet import read_sample_sheet
 
 
-def _read_samples(path):
-    with open(path, newline="") as fh:
-        rows = [
-            r
-            for r in csv.DictReader(fh, delimiter="\t")
-            if any((v or "").strip() for v in r.values())
-        ]
-    seen = set()
-    for row in rows:
-        validate(row, workflow.source_path("../schemas/samples.schema.yaml"))
-        if row["sample"] in seen:
-            raise ValueError(
-                f"{path}: sample '{row['sample']}' is listed twice; give each sample one row"
-            )
-        seen.add(row["sample"])
-        if not os.path.isfile(row["fasta"]):
-            raise ValueError(
-                f"{path}: sample '{row['sample']}': FASTA '{row['fasta']}' does not exist; fix the path"
-            )
-    if not rows:
-        raise ValueError(f"{path}: the sample sheet lists no samples")
-    return {r["sample"]: r["fasta"] for r in rows}
+def checked_samples():
+    """Stop with one line per mistake in the config or the sample sheet (no schema dump, no traceback);
+    else set the schema's defaults and return {sample: FASTA}."""
+    schema = load_schema(workflow.source_path("../schemas/config.schema.yaml"))
+    files = workflow.configfiles
+    label = str(files[0]) if len(files) == 1 else "config"
+    problems = [f"{label}: {m}" for m in config_problems(config, schema)]
+    samples = {}
+    if isinstance(config.get("samples"), str):
+        row_schema = load_schema(workflow.source_path("../schemas/samples.schema.yaml"))
+        samples, sheet = read_sample_sheet(config["samples"], row_schema)
+        problems += sheet
+    preflight.stop(problems)
+    fill_defaults(config, schema)
+    return samples
 
 
-SAMPLES = _read_samples(config["samples"])
+SAMPLES = checked_samples()
 CHUNK_SIZE = config["chunk_size"]
 MODELS = config["models"]
 DEMO_DIR = "resources/demo_models"
-if str(CHUNK_SIZE) not in {str(k) for k in MODELS["classifiers"]}:
-    raise ValueError(
-        f"config: chunk_size {CHUNK_SIZE} has no classifier; add models.classifiers.{CHUNK_SIZE} "
-        "(the original's 300_model.pth or 500_model.pth)"
-    )
 CLASSIFIER = MODELS["classifiers"].get(
     CHUNK_SIZE, MODELS["classifiers"].get(str(CHUNK_SIZE))
 )
@@ -167,22 +151,27 @@ SETTINGS_FILE = ".virnucflow/embedding_settings.json"
 
 
 @functools.cache
-def preflight_models():
-    """Stop before any work when a configured model is missing or is not the model its key claims.
-    The input function of the first step (chunk) calls it, so a run that only fetches the models
-    is not checked; the demo's models are made by the workflow, and cluster jobs were checked by the
-    run that submitted them."""
-    if config["demo_models"] or workflow.remote_exec:
+def preflight_run():
+    """Stop before any work, one line each, when a configured model is missing or is not the model its key
+    claims, a GPU asked for does not exist, or the disk is too full (virnucflow/preflight.py). The input
+    function of the first step (chunk) calls it, so a run that only fetches the models is not checked; the
+    demo's models are made by the workflow, and cluster jobs were checked by the run that submitted them;
+    under SLURM the GPUs are the sidecar jobs' own."""
+    if workflow.remote_exec:
         return
-    check_esm2(SETTINGS.esm2)
-    check_dnabert_s(SETTINGS.dnabert_s, SETTINGS.dnabert_revision)
-    check_classifier(CLASSIFIER, f"models.classifiers.{CHUNK_SIZE}")
-    model_fingerprints(SETTINGS.esm2, SETTINGS.dnabert_s, SETTINGS.dnabert_revision)
-    fingerprint(CLASSIFIER)
+    problems, _ = preflight.run_problems(
+        config,
+        SAMPLES,
+        CLASSIFIER,
+        models=not config["demo_models"],
+        gpus=not on_slurm(),
+        visible=len(GPUS) if EMBED.get("gpus") is None else None,
+    )
+    preflight.stop(problems)
 
 
 def sample_fasta(wildcards):
-    preflight_models()
+    preflight_run()
     return SAMPLES[wildcards.sample]
 
 
@@ -201,18 +190,7 @@ def visible_gpus():
         return []
     if EMBED.get("gpus") is not None:
         return list(EMBED["gpus"])
-    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is not None:
-        return list(
-            range(len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"]))
-        )
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
+    return list(range(preflight.visible_gpu_count()))
 
 
 GPUS = visible_gpus()
