@@ -120,7 +120,18 @@ def cmd_report_plots(args):
     report_plots.plot_viral_fraction(samples, args.fraction_plot)
     report_plots.plot_run_stats(samples, stats, args.stats_plot)
     report_data.write_run_stats(samples, args.stats_table)
+    if args.stats_page:
+        from virnucflow.report_tables import write_stats_page
+
+        write_stats_page(report_data.STATS_COLUMNS, stats, args.stats_page)
     logging.info("report figures for %d sample(s) written", len(samples))
+
+
+def cmd_contig_table(args):
+    from virnucflow.report_tables import write_contig_page
+
+    shown = write_contig_page(args.sample, args.tsv, args.output, args.max_rows)
+    logging.info("page of %s's per-record calls (%d rows shown) written to %s", args.sample, shown, args.output)
 
 
 def cmd_score_tracks(args):
@@ -186,7 +197,17 @@ def _add_report_commands(sub):
     p.add_argument("--fraction-plot", required=True)
     p.add_argument("--stats-plot", required=True)
     p.add_argument("--stats-table", required=True)
+    p.add_argument("--stats-page", default=None, help="also the table as an HTML page, for the report")
     p.set_defaults(func=cmd_report_plots)
+
+    from virnucflow.report_tables import MAX_ROWS
+
+    p = sub.add_parser("contig-table", help="a sample's virus_contigs.tsv as an HTML page, for the report")
+    p.add_argument("--sample", required=True, help="sample name")
+    p.add_argument("--tsv", required=True, help="the sample's virus_contigs.tsv")
+    p.add_argument("--max-rows", type=int, default=MAX_ROWS, help=f"records shown, viral first (default {MAX_ROWS})")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_contig_table)
 
     p = sub.add_parser("score-tracks", help="virus score along the top records of one sample (PNG)")
     p.add_argument("--sample", required=True, help="sample name")

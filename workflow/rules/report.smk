@@ -27,14 +27,36 @@ rule score_tracks:
         "--chunk-size {params.size} --top {params.top} --output {output} > {log} 2>&1"
 
 
+rule contig_table:
+    # The per-record calls as a page that the report shows; the TSV stays as it is, for machines.
+    input:
+        "results/{sample}/virus_contigs.tsv",
+    output:
+        report(
+            "results/{sample}/virus_contigs.html",
+            caption="../report/virus_contigs.rst",
+            category="Per-record calls",
+            labels={"sample": "{sample}", "table": "virus_contigs, readable"},
+        ),
+    log:
+        "logs/{sample}/contig_table.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    shell:
+        "virnucflow contig-table --sample {wildcards.sample} --tsv {input} --output {output} > {log} 2>&1"
+
+
 rule report_plots:
     # Reads the embedding jobs' benchmark files too (benchmarks/<sample>/embed/), where they exist.
+    # parts.json is read for the number of parts; as an input it also keeps the count_parts jobs in
+    # the DAG that `snakemake --report` builds, so that their runtimes are in its statistics.
     input:
         results=expand("results/{sample}/prediction_results.txt", sample=SAMPLES),
         highest=expand(
             "results/{sample}/prediction_results_highestscore.csv", sample=SAMPLES
         ),
         contigs=expand("results/{sample}/virus_contigs.tsv", sample=SAMPLES),
+        parts=expand("results/{sample}/parts.json", sample=SAMPLES),
     output:
         scores=report(
             f"{REPORT_DIR}/virus_scores.png",
@@ -58,6 +80,12 @@ rule report_plots:
             f"{REPORT_DIR}/run_stats.tsv",
             caption="../report/run_stats.rst",
             category="Run statistics",
+            labels={"item": "table (TSV)"},
+        ),
+        stats_page=report(
+            f"{REPORT_DIR}/run_stats.html",
+            caption="../report/run_stats.rst",
+            category="Run statistics",
             labels={"item": "table"},
         ),
     log:
@@ -69,4 +97,5 @@ rule report_plots:
     shell:
         "virnucflow report-plots {params.samples} --benchmarks-dir benchmarks "
         "--scores-plot {output.scores} --fraction-plot {output.fraction} "
-        "--stats-plot {output.stats_plot} --stats-table {output.stats_table} > {log} 2>&1"
+        "--stats-plot {output.stats_plot} --stats-table {output.stats_table} "
+        "--stats-page {output.stats_page} > {log} 2>&1"
