@@ -127,19 +127,18 @@ def cmd_report_plots(args):
     logging.info("report figures for %d sample(s) written", len(samples))
 
 
-def cmd_contig_table(args):
-    from virnucflow.report_tables import write_contig_page
-
-    shown = write_contig_page(args.sample, args.tsv, args.output, args.max_rows)
-    logging.info("page of %s's per-record calls (%d rows shown) written to %s", args.sample, shown, args.output)
-
-
 def cmd_score_tracks(args):
     from virnucflow import report_data, report_plots
 
     sample = report_data.load_sample(args.sample, args.results_dir)
     report_plots.plot_score_tracks(sample, args.chunk_size, args.top, args.output)
     logging.info("score tracks of %s written to %s", args.sample, args.output)
+    if args.table_page:
+        from virnucflow.report_tables import write_contig_page
+
+        tsv = f"{args.results_dir}/{report_data.CONTIGS_NAME}"
+        shown = write_contig_page(args.sample, tsv, args.table_page, args.table_rows)
+        logging.info("page of the per-record calls (%d rows shown) written to %s", shown, args.table_page)
 
 
 def cmd_fetch_models(args):
@@ -200,21 +199,17 @@ def _add_report_commands(sub):
     p.add_argument("--stats-page", default=None, help="also the table as an HTML page, for the report")
     p.set_defaults(func=cmd_report_plots)
 
-    from virnucflow.report_tables import MAX_ROWS
-
-    p = sub.add_parser("contig-table", help="a sample's virus_contigs.tsv as an HTML page, for the report")
-    p.add_argument("--sample", required=True, help="sample name")
-    p.add_argument("--tsv", required=True, help="the sample's virus_contigs.tsv")
-    p.add_argument("--max-rows", type=int, default=MAX_ROWS, help=f"records shown, viral first (default {MAX_ROWS})")
-    p.add_argument("--output", required=True)
-    p.set_defaults(func=cmd_contig_table)
-
     p = sub.add_parser("score-tracks", help="virus score along the top records of one sample (PNG)")
     p.add_argument("--sample", required=True, help="sample name")
     p.add_argument("--results-dir", required=True, help="results/<sample>")
     p.add_argument("--chunk-size", type=int, choices=(300, 500), required=True)
     p.add_argument("--top", type=int, default=10, help="records to draw (default 10)")
     p.add_argument("--output", required=True)
+    p.add_argument("--table-page", default=None,
+                   help="also the sample's virus_contigs.tsv as an HTML page (viral records first), for the report")
+    from virnucflow.report_tables import MAX_ROWS
+
+    p.add_argument("--table-rows", type=int, default=MAX_ROWS, help=f"records on that page (default {MAX_ROWS})")
     p.set_defaults(func=cmd_score_tracks)
 
     from virnucflow import fetch

@@ -3,16 +3,24 @@
 
 
 rule score_tracks:
+    # The sample's items of the report: its score tracks, and its per-record calls as a page that the
+    # report shows (it offers a TSV only as a download); the TSV stays as it is, for machines.
     input:
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",
         contigs="results/{sample}/virus_contigs.tsv",
     output:
-        report(
+        tracks=report(
             "results/{sample}/score_tracks.png",
             caption="../report/score_tracks.rst",
             category="Score tracks",
             labels={"sample": "{sample}", "figure": "score tracks"},
+        ),
+        table=report(
+            "results/{sample}/virus_contigs.html",
+            caption="../report/virus_contigs.rst",
+            category="Per-record calls",
+            labels={"sample": "{sample}", "table": "virus_contigs, readable"},
         ),
     log:
         "logs/{sample}/score_tracks.log",
@@ -24,26 +32,8 @@ rule score_tracks:
         top=REPORT["top_contigs"],
     shell:
         "virnucflow score-tracks --sample {wildcards.sample} --results-dir {params.results_dir} "
-        "--chunk-size {params.size} --top {params.top} --output {output} > {log} 2>&1"
-
-
-rule contig_table:
-    # The per-record calls as a page that the report shows; the TSV stays as it is, for machines.
-    input:
-        "results/{sample}/virus_contigs.tsv",
-    output:
-        report(
-            "results/{sample}/virus_contigs.html",
-            caption="../report/virus_contigs.rst",
-            category="Per-record calls",
-            labels={"sample": "{sample}", "table": "virus_contigs, readable"},
-        ),
-    log:
-        "logs/{sample}/contig_table.log",
-    conda:
-        "../envs/virnucflow.yaml"
-    shell:
-        "virnucflow contig-table --sample {wildcards.sample} --tsv {input} --output {output} > {log} 2>&1"
+        "--chunk-size {params.size} --top {params.top} --output {output.tracks} "
+        "--table-page {output.table} > {log} 2>&1"
 
 
 rule report_plots:
