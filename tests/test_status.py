@@ -214,3 +214,20 @@ def test_jobs_left_by_a_stopped_run_are_not_called_running(tmp_path):
     text = render({"directory": str(tmp_path), "workflow": snakemake_progress(tmp_path), "samples": [], "sidecars": {}})
     assert "jobs left unfinished by a run that stopped (they rerun): 1 (count_parts results/s2/parts.json)" in text
     assert "jobs running now" not in text
+
+
+@pytest.mark.unit
+def test_a_newer_command_that_stopped_on_a_mistake_is_shown_beside_the_run(tmp_path):
+    from virnucflow.status import render, snakemake_progress
+
+    mistake = ('ValueError in file "/repo/workflow/rules/common.smk", line 36:\n'
+               "samples.tsv: sample 's1': FASTA '/nope.fa' does not exist; fix the path\n"
+               '  File "/repo/workflow/rules/common.smk", line 44, in <module>\n')
+    write_logs(tmp_path, (RUN_LOG, mistake, OTHER_LOGS[0]))
+    wf = snakemake_progress(tmp_path)
+    assert wf["done"] == 18 and wf["stopped_early"]["log"].endswith("T060100.000000.snakemake.log")
+    text = render({"directory": str(tmp_path), "workflow": wf, "samples": [], "sidecars": {}})
+    assert ("a newer Snakemake command stopped before running anything: ValueError: samples.tsv: sample 's1': "
+            "FASTA '/nope.fa' does not exist; fix the path") in text
+    write_logs(tmp_path, (mistake, RUN_LOG))  # a run after the mistake: the mistake is old news
+    assert snakemake_progress(tmp_path)["stopped_early"] is None

@@ -29,6 +29,7 @@ _PART = re.compile(r"output_(\d+)")
 # the lines of a run that was started with the header quietened (--quiet host)
 _NOTHING_TO_DO = "Nothing to be done"
 _RUN_MARKS = ("\nSNAKEMAKE\n=========\n", "Job stats:", _NOTHING_TO_DO)
+_ERROR_LINE = re.compile(r"^\w*(?:Error|Exception)\b")
 _JOB_RULE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):$")
 _JOB_OUTPUT = re.compile(r"^\s+output: (.+)$")
 _JOB_ID = re.compile(r"^\s+jobid: (\d+)$")
@@ -147,6 +148,19 @@ def running_jobs(files, log_text):
     return list(jobs.values())
 
 
+def _error_of(text):
+    """The last error of a log that has one, in one line: `ValueError: what is wrong`."""
+    lines = text.splitlines()
+    found = [i for i, line in enumerate(lines) if _ERROR_LINE.match(line)]
+    if not found:
+        return None
+    line = lines[found[-1]].strip()
+    if line.endswith(":"):  # `ValueError in file "...", line 36:`, and the message on the next line
+        following = [rest.strip() for rest in lines[found[-1] + 1:] if rest.strip()]
+        return f"{line.split()[0]}: {following[0]}" if following else line
+    return line
+
+
 def snakemake_progress(workdir):
     """Overall step count and state from the newest run's Snakemake log, the lock and the running jobs."""
     meta = Path(workdir) / ".snakemake"
@@ -154,10 +168,14 @@ def snakemake_progress(workdir):
     info = {"log": None, "done": None, "total": None, "percent": None, "failed": False, "up_to_date": False,
             "locked": any((meta / "locks").glob("*.lock")) if (meta / "locks").is_dir() else False,
             "running": _incomplete(meta / "incomplete")}
+    info["stopped_early"] = None
     text = ""
     for path in reversed(logs):
         text = path.read_text(errors="replace")
         if not is_run_log(text):
+            error = _error_of(text)
+            if error and info["stopped_early"] is None:  # e.g. a config mistake, newer than the run
+                info["stopped_early"] = {"log": str(path.relative_to(workdir)), "error": error}
             text = ""
             continue
         info["log"] = str(path.relative_to(workdir))
@@ -249,6 +267,9 @@ def render(report):
                      f"written {wf['updated_s_ago']} s ago]")
     else:
         lines.append(f"workflow: {state}; no Snakemake log with a step count yet")
+    if wf.get("stopped_early"):
+        lines.append(f"a newer Snakemake command stopped before running anything: {wf['stopped_early']['error']} "
+                     f"[{wf['stopped_early']['log']}]")
     if wf["jobs"]:
         jobs = [_job_text(job) for job in wf["jobs"]]
         what = "jobs running now" if wf["locked"] else "jobs left unfinished by a run that stopped (they rerun)"
