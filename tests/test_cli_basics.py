@@ -25,3 +25,12 @@ def test_status_piped_to_head_ends_quietly(tmp_path):
     proc = subprocess.run(f"{sys.executable} -m virnucflow status -d {tmp_path} | head -1", shell=True,
                           capture_output=True, text=True, executable="/bin/bash")
     assert proc.stdout.startswith("directory:") and "Traceback" not in proc.stderr
+
+
+def test_status_piped_to_head_ends_quietly_when_the_listing_fills_the_pipe(tmp_path):
+    for i in range(3000):  # about 200 kB of rows: more than a pipe holds, so `head` closes it mid-write
+        (tmp_path / "results" / f"sample_{i:04d}").mkdir(parents=True)
+    proc = subprocess.run(
+        f"{sys.executable} -m virnucflow status -d {tmp_path} --no-sidecar | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True, capture_output=True, text=True, executable="/bin/bash")
+    assert proc.returncode == 0 and proc.stdout == f"directory: {tmp_path.resolve()}\n" and proc.stderr == ""

@@ -54,3 +54,75 @@ def test_top_contigs_puts_viral_records_first():
     assert len(top) == 10 and all(r["chunks_scored"] for r in top)
     calls = [r["call"] for r in top]
     assert calls == sorted(calls, key=lambda c: c != "virus")
+
+
+LONG = "Sample_from_the_sequencing_core_run_2026_11_30_lane_4_plate_2"[:60]  # 60 characters
+
+
+def figures_with_a_long_name():
+    from virnucflow import report_plots
+
+    samples = [sample(LONG, 8, 1), sample("short", 6, 2), sample(LONG[:-1] + "Z", 5, 3)]
+    stats = [run_stats(s) for s in samples]
+    return {
+        "scores": report_plots.score_distribution_figure(samples),
+        "fraction": report_plots.viral_fraction_figure(samples),
+        "stats": report_plots.run_stats_figure(samples, stats),
+        "tracks": report_plots.score_tracks_figure(samples[0], 500, 3),
+    }
+
+
+def drawn_texts(fig):
+    """The texts that the figure draws: tick labels within the view limits, titles, axis labels, legends."""
+    from matplotlib.text import Text
+
+    ticks, hidden = [], set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks():
+                hidden.add(id(tick.label1))
+                hidden.add(id(tick.label2))
+                if lo - 1e-9 <= tick.get_loc() <= hi + 1e-9 and tick.label1.get_visible() and tick.label1.get_text():
+                    ticks.append(tick.label1)
+    others = [t for t in fig.findobj(Text) if id(t) not in hidden and t.get_visible() and t.get_text()]
+    return ticks, others
+
+
+def test_a_60_character_sample_name_stays_off_the_plots():
+    import matplotlib.pyplot as plt
+    from matplotlib.legend import Legend
+
+    assert len(LONG) == 60
+    for name, fig in figures_with_a_long_name().items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        plots = [ax.get_window_extent(renderer) for ax in fig.axes]
+        ticks, others = drawn_texts(fig)
+        assert any("\u2026" in t.get_text() or LONG in t.get_text() for t in ticks + others), name
+        for text in ticks + others:
+            box = text.get_window_extent(renderer)
+            assert fig.bbox.x0 - 1 <= box.x0 and box.x1 <= fig.bbox.x1 + 1, (name, text.get_text())
+            assert fig.bbox.y0 - 1 <= box.y0 and box.y1 <= fig.bbox.y1 + 1, (name, text.get_text())
+        for label in ticks:  # the sample names are tick labels: none runs into a plot
+            assert not any(label.get_window_extent(renderer).overlaps(p) for p in plots), (name, label.get_text())
+        for legend in fig.legends:  # the figure's legends hide no plot, nor the title
+            box = legend.get_window_extent(renderer)
+            assert not any(box.overlaps(p) for p in plots), name
+            if fig._suptitle is not None:
+                assert not box.overlaps(fig._suptitle.get_window_extent(renderer)), name
+        assert not [lg for ax in fig.axes for lg in ax.findobj(Legend) if lg.axes is ax and lg.get_visible()
+                    and any(lg.get_window_extent(renderer).overlaps(p) for p in plots if p != ax.bbox)], name
+        plt.close(fig)
+
+
+def test_short_labels_keep_start_and_end_and_stay_distinct():
+    from virnucflow.report_plots import short_labels
+
+    labels = short_labels([LONG, LONG[:-1] + "Z", "short"])
+    assert labels[2] == "short" and len(set(labels)) == 3
+    assert all(len(label) <= 28 for label in labels)
+    assert labels[0].startswith(LONG[:10]) and labels[0].endswith(LONG[-10:]) and "\u2026" in labels[0]
+    # names that differ only in the middle get longer labels, not the same one
+    twins = ["A" * 30 + "x" + "B" * 30, "A" * 30 + "y" + "B" * 30]
+    assert len(set(short_labels(twins))) == 2

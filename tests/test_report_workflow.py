@@ -5,8 +5,10 @@ records keep no frame; report.top_contigs is 5."""
 
 import base64
 import csv
+import html as htmllib
 import json
 import re
+import shutil
 
 import pytest
 
@@ -23,6 +25,17 @@ FIGURES = ("virus_scores.png", "viral_fraction.png", "run_stats.png")
 @pytest.fixture(scope="module")
 def run(demo_run):
     return demo_run
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    """The report of the shared run, built once (`snakemake --report`)."""
+    return build_report(run).read_text()
+
+
+def embedded(html, name):
+    """The files of this name that the report embeds, decoded."""
+    return [base64.b64decode(v) for v in re.findall(rf"filename={re.escape(name)};base64,([A-Za-z0-9+/=]+)", html)]
 
 
 def table(path):
@@ -47,8 +60,8 @@ def test_per_record_calls_cover_every_input_record(run):
     assert any(r["call"] == "virus" for r in table(run / "results/reads_gz/virus_contigs.tsv"))
 
 
-def test_the_report_builds_and_holds_every_figure_and_table(run):
-    html = build_report(run).read_text()
+def test_the_report_builds_and_holds_every_figure_and_table(run, report):
+    html = report
     # every figure is embedded as the very bytes that the workflow wrote
     embedded = dict(re.findall(r"data:image/png;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html))
     for name in FIGURES:
@@ -76,3 +89,42 @@ def test_the_run_is_complete_and_status_says_so(run):
     stats = table(run / "summary/run_stats.tsv")
     assert [r["sample"] for r in stats] == list(DEMO_RUN_SAMPLES) and stats[1]["parts"] == "2"
     assert stats[0]["embed_seconds"] != "NA"
+
+
+def test_the_tables_are_pages_in_the_report(run, report):
+    """Each sample's per-record calls and the run statistics are HTML pages (the report shows them in its
+    own page), with the very cells of the TSVs, which stay for machines."""
+    pages = embedded(report, "virus_contigs.html")
+    assert sorted(pages) == sorted((run / "results" / s / "virus_contigs.html").read_bytes() for s in DEMO_RUN_SAMPLES)
+    for sample in DEMO_RUN_SAMPLES:
+        page = (run / "results" / sample / "virus_contigs.html").read_text()
+        rows = [[htmllib.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+                for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page)]
+        with open(run / "results" / sample / "virus_contigs.tsv", newline="") as fh:
+            tsv = list(csv.reader(fh, delimiter="\t"))[1:]
+        assert sorted(r for r in rows if r) == sorted(tsv), sample
+    [stats_page] = embedded(report, "run_stats.html")
+    assert stats_page == (run / "summary/run_stats.html").read_bytes()
+    assert all(f"<td>{s}</td>" in stats_page.decode() for s in DEMO_RUN_SAMPLES)
+
+
+def test_the_statistics_hold_every_rule_that_ran(run, report):
+    """Snakemake's runtime statistics come from the metadata of the outputs of the jobs in the report's DAG
+    (not from benchmark files): the per-part jobs behind the checkpoint and the checkpoint itself are in it."""
+    [run_log] = [p for p in (run / ".snakemake/log").glob("*.snakemake.log") if "Finished jobid" in p.read_text()]
+    ran = set(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", run_log.read_text())) - {"all"}  # all: no output
+    timed = set(re.findall(r'\{"rule": "(\w+)", "runtime": [-0-9.e]+\}', report))
+    assert {"embed", "merge", "sidecar", "count_parts", "split_parts"} <= ran
+    assert timed == ran
+
+
+def test_status_keeps_the_finished_run_after_lint(run, tmp_path):
+    """`snakemake --lint` writes a log of its own; status still reports the run, not the lint."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True, ignore=shutil.ignore_patterns(".virnucflow", "*.html"))  # no sockets
+    before = set((copy / ".snakemake/log").iterdir())
+    assert "Congratulations" in snakemake(copy, "--lint", config=copy / "config.yaml").stdout
+    assert set((copy / ".snakemake/log").iterdir()) > before  # the lint's own log
+    report = json.loads(run_cli("status", "-d", str(copy), "--json", "--no-sidecar").stdout)
+    assert report["workflow"]["percent"] == 100 and "Finished jobid" in (copy / report["workflow"]["log"]).read_text()
+    assert [s["stage"] for s in report["samples"]] == ["done", "done", "done"]

@@ -110,3 +110,124 @@ def test_a_file_that_a_running_job_still_writes_is_not_done(tmp_path):
     touch(tmp_path / ".snakemake/incomplete" / key, "{}")
     report = json.loads(run_cli("status", "-d", str(tmp_path), "--json", "--no-sidecar").stdout)
     assert report["samples"][2]["stage"] == "calling records"
+
+
+# The beginning of a run's log as Snakemake 9 writes it, and one job with three outputs.
+RUN_LOG = """Assuming unrestricted shared filesystem usage.
+
+SNAKEMAKE
+=========
+  Date: 2026-12-01 06:15:58
+  Snakemake version: 9.27.1
+
+Building DAG of jobs...
+Job stats:
+job                 count
+----------------  -------
+chunk                   1
+total                   1
+
+[Tue Dec  1 06:16:24 2026]
+localrule embed:
+    input: .virnucflow/sidecar/cpu.started, results/s1/parts
+    output: results/s1/embeddings/output_1_DNABERT_S.npz, results/s1/embeddings/output_1_ESM.npz, results/s1/provenance/output_1.json
+    log: logs/s1/embed/output_1.log
+    jobid: 53
+    benchmark: benchmarks/s1/embed/output_1.tsv
+    wildcards: sample=s1, k=1
+[Tue Dec  1 06:16:24 2026]
+localcheckpoint count_parts:
+    input: results/s2/identified_protein.faa
+    output: results/s2/parts.json
+    log: logs/s2/count_parts.log
+    jobid: 13
+18 of 40 steps (45%) done
+"""
+# What `snakemake --lint`, `--report`, `--dag`/`--summary` and `--unlock` leave in .snakemake/log.
+OTHER_LOGS = (
+    "Congratulations, your workflow is in a good condition!\n",
+    "Building DAG of jobs...\nUpdating checkpoint dependencies.\nCreating report...\nReport created.\n",
+    "Building DAG of jobs...\nUpdating checkpoint dependencies.\n",
+    "Unlocked working directory.\n",
+)
+
+
+def write_logs(root, texts):
+    """Logs in .snakemake/log, oldest first."""
+    import os
+
+    for i, text in enumerate(texts):
+        path = root / f".snakemake/log/2026-12-01T06{i:02d}00.000000.snakemake.log"
+        touch(path, text)
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+
+
+def mark_incomplete(root, *files):
+    for f in files:
+        touch(root / ".snakemake/incomplete" / base64.urlsafe_b64encode(f.encode()).decode(), '{"external_jobid": null}')
+
+
+@pytest.mark.unit
+def test_lint_report_dag_and_unlock_logs_do_not_hide_the_run(tmp_path):
+    from virnucflow.status import snakemake_progress
+
+    write_logs(tmp_path, (RUN_LOG,) + OTHER_LOGS)
+    wf = snakemake_progress(tmp_path)
+    assert wf["log"].endswith("T060000.000000.snakemake.log")
+    assert (wf["done"], wf["total"], wf["percent"], wf["up_to_date"]) == (18, 40, 45, False)
+
+
+@pytest.mark.unit
+def test_a_run_that_found_nothing_to_be_done_says_so(tmp_path):
+    from virnucflow.status import render, snakemake_progress
+
+    nothing = "\nSNAKEMAKE\n=========\nBuilding DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n"
+    write_logs(tmp_path, (RUN_LOG, nothing) + OTHER_LOGS)
+    wf = snakemake_progress(tmp_path)
+    assert wf["up_to_date"] and wf["log"].endswith("T060100.000000.snakemake.log")
+    text = render({"directory": str(tmp_path), "workflow": wf, "samples": [], "sidecars": {}})
+    assert "workflow: not running; the last run found nothing to be done" in text
+
+
+@pytest.mark.unit
+def test_a_running_job_with_three_outputs_counts_once(tmp_path):
+    from virnucflow.status import render, snakemake_progress
+
+    write_logs(tmp_path, (RUN_LOG,))
+    touch(tmp_path / ".snakemake/locks/0.input.lock")
+    mark_incomplete(tmp_path, "results/s1/embeddings/output_1_DNABERT_S.npz", "results/s1/embeddings/output_1_ESM.npz",
+                    "results/s1/provenance/output_1.json", "results/s2/parts.json", "results/s3/chunked.fa")
+    wf = snakemake_progress(tmp_path)
+    assert len(wf["running"]) == 5  # the files, as before
+    assert sorted((j["rule"] or "", len(j["outputs"])) for j in wf["jobs"]) == [("", 1), ("count_parts", 1), ("embed", 3)]
+    text = render({"directory": str(tmp_path), "workflow": wf, "samples": [], "sidecars": {}})
+    assert "jobs running now: 3 (" in text
+    assert "embed results/s1/embeddings/output_1_DNABERT_S.npz (+2 more outputs)" in text
+
+
+@pytest.mark.unit
+def test_jobs_left_by_a_stopped_run_are_not_called_running(tmp_path):
+    from virnucflow.status import render, snakemake_progress
+
+    write_logs(tmp_path, (RUN_LOG,))
+    mark_incomplete(tmp_path, "results/s2/parts.json")  # no lock: the run is gone
+    text = render({"directory": str(tmp_path), "workflow": snakemake_progress(tmp_path), "samples": [], "sidecars": {}})
+    assert "jobs left unfinished by a run that stopped (they rerun): 1 (count_parts results/s2/parts.json)" in text
+    assert "jobs running now" not in text
+
+
+@pytest.mark.unit
+def test_a_newer_command_that_stopped_on_a_mistake_is_shown_beside_the_run(tmp_path):
+    from virnucflow.status import render, snakemake_progress
+
+    mistake = ('ValueError in file "/repo/workflow/rules/common.smk", line 36:\n'
+               "samples.tsv: sample 's1': FASTA '/nope.fa' does not exist; fix the path\n"
+               '  File "/repo/workflow/rules/common.smk", line 44, in <module>\n')
+    write_logs(tmp_path, (RUN_LOG, mistake, OTHER_LOGS[0]))
+    wf = snakemake_progress(tmp_path)
+    assert wf["done"] == 18 and wf["stopped_early"]["log"].endswith("T060100.000000.snakemake.log")
+    text = render({"directory": str(tmp_path), "workflow": wf, "samples": [], "sidecars": {}})
+    assert ("a newer Snakemake command stopped before running anything: ValueError: samples.tsv: sample 's1': "
+            "FASTA '/nope.fa' does not exist; fix the path") in text
+    write_logs(tmp_path, (mistake, RUN_LOG))  # a run after the mistake: the mistake is old news
+    assert snakemake_progress(tmp_path)["stopped_early"] is None

@@ -120,6 +120,10 @@ def cmd_report_plots(args):
     report_plots.plot_viral_fraction(samples, args.fraction_plot)
     report_plots.plot_run_stats(samples, stats, args.stats_plot)
     report_data.write_run_stats(samples, args.stats_table)
+    if args.stats_page:
+        from virnucflow.report_tables import write_stats_page
+
+        write_stats_page(report_data.STATS_COLUMNS, stats, args.stats_page)
     logging.info("report figures for %d sample(s) written", len(samples))
 
 
@@ -129,6 +133,12 @@ def cmd_score_tracks(args):
     sample = report_data.load_sample(args.sample, args.results_dir)
     report_plots.plot_score_tracks(sample, args.chunk_size, args.top, args.output)
     logging.info("score tracks of %s written to %s", args.sample, args.output)
+    if args.table_page:
+        from virnucflow.report_tables import write_contig_page
+
+        tsv = f"{args.results_dir}/{report_data.CONTIGS_NAME}"
+        shown = write_contig_page(args.sample, tsv, args.table_page, args.table_rows)
+        logging.info("page of the per-record calls (%d rows shown) written to %s", shown, args.table_page)
 
 
 def cmd_fetch_models(args):
@@ -219,6 +229,7 @@ def _add_report_commands(sub):
     p.add_argument("--fraction-plot", required=True)
     p.add_argument("--stats-plot", required=True)
     p.add_argument("--stats-table", required=True)
+    p.add_argument("--stats-page", default=None, help="also the table as an HTML page, for the report")
     p.set_defaults(func=cmd_report_plots)
 
     p = sub.add_parser("score-tracks", help="virus score along the top records of one sample (PNG)")
@@ -227,6 +238,11 @@ def _add_report_commands(sub):
     p.add_argument("--chunk-size", type=int, choices=(300, 500), required=True)
     p.add_argument("--top", type=int, default=10, help="records to draw (default 10)")
     p.add_argument("--output", required=True)
+    p.add_argument("--table-page", default=None,
+                   help="also the sample's virus_contigs.tsv as an HTML page (viral records first), for the report")
+    from virnucflow.report_tables import MAX_ROWS
+
+    p.add_argument("--table-rows", type=int, default=MAX_ROWS, help=f"records on that page (default {MAX_ROWS})")
     p.set_defaults(func=cmd_score_tracks)
 
     from virnucflow import fetch

@@ -1,11 +1,12 @@
 """What the report shows of a sample: chunk scores and calls, contig rows, and run statistics.
 
 Everything is read from a finished sample's files: `prediction_results.txt`,
-`prediction_results_highestscore.csv`, `virus_contigs.tsv`, the `merged/` parts, and the
-embedding jobs' Snakemake benchmark files (`benchmarks/<sample>/embed/*.tsv`) where they exist.
+`prediction_results_highestscore.csv`, `virus_contigs.tsv`, `parts.json` (else the `merged/`
+parts are counted), and the embedding jobs' Snakemake benchmark files (`benchmarks/<sample>/embed/*.tsv`) where they exist.
 """
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,14 @@ def read_benchmarks(directory):
     return seconds, rss
 
 
+def count_parts(results_dir):
+    """The sample's number of parts: from `parts.json` (count-parts), else its merged parts."""
+    try:
+        return int(json.loads((Path(results_dir) / "parts.json").read_text())["parts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return len(list((Path(results_dir) / "merged").glob("output_*_merged.pt")))
+
+
 def load_sample(name, results_dir, benchmarks_dir=None):
     """Read one finished sample; a missing file is a one-line InputError."""
     results_dir = Path(results_dir)
@@ -75,7 +84,7 @@ def load_sample(name, results_dir, benchmarks_dir=None):
         chunk_calls=read_chunk_calls(paths[HIGHEST_NAME]),
         contigs=read_contig_table(paths[CONTIGS_NAME]),
         kept_frames=_count_rows(paths[RESULTS_NAME]),
-        parts=len(list((results_dir / "merged").glob("output_*_merged.pt"))),
+        parts=count_parts(results_dir),
         embed_seconds=seconds,
         embed_rss_mb=rss,
     )

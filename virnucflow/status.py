@@ -5,7 +5,10 @@
   is still going (from `logs/<sample>/`).
 - Overall, from the newest run's `.snakemake/log/*.snakemake.log`: "N of M steps (P%) done"
   (M grows once the parts of a sample are known), whether a run holds the directory's lock, and
-  the outputs of the jobs running now (`.snakemake/incomplete/`).
+  the jobs running now: their outputs are marked in `.snakemake/incomplete/`, and the run's log
+  says which job writes which outputs, so that a job with three outputs counts once.
+  Snakemake also logs `--lint`, `--report`, `--dag`, `--unlock` and the like there; those logs
+  lack the header that a run (not a dry run, which logs nothing) writes first, and are skipped.
 - Each sidecar with an endpoint file in `.virnucflow/sidecar/`: `sidecar status`, run as a
   subprocess so that nothing here imports torch.
 """
@@ -22,6 +25,14 @@ from pathlib import Path
 SIDECAR_DIR = ".virnucflow/sidecar"
 _STEPS = re.compile(r"(\d+) of (\d+) steps \((\d+)%\) done")
 _PART = re.compile(r"output_(\d+)")
+# what only the log of a run holds: the header that Snakemake writes when it starts executing, and
+# the lines of a run that was started with the header quietened (--quiet host)
+_NOTHING_TO_DO = "Nothing to be done"
+_RUN_MARKS = ("\nSNAKEMAKE\n=========\n", "Job stats:", _NOTHING_TO_DO)
+_ERROR_LINE = re.compile(r"^\w*(?:Error|Exception)\b")
+_JOB_RULE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):$")
+_JOB_OUTPUT = re.compile(r"^\s+output: (.+)$")
+_JOB_ID = re.compile(r"^\s+jobid: (\d+)$")
 
 
 def sample_progress(workdir, sample, running=()):
@@ -106,16 +117,66 @@ def _samples(workdir, sample_sheet=None):
     return sorted(p.name for p in results.iterdir() if p.is_dir())
 
 
+def is_run_log(text):
+    """Whether a `.snakemake/log` file is the log of a run, not of `--lint`, `--report`, `--dag`..."""
+    return any(mark in text for mark in _RUN_MARKS) or _STEPS.search(text) is not None
+
+
+def job_outputs(log_text):
+    """{output file: (jobid, rule)} of the jobs that a run's log announces."""
+    jobs, rule, outputs = {}, None, []
+    for line in log_text.splitlines():
+        if m := _JOB_RULE.match(line):
+            rule, outputs = m.group(1), []
+        elif m := _JOB_OUTPUT.match(line):
+            outputs = [f.strip() for f in m.group(1).split(", ")]
+        elif (m := _JOB_ID.match(line)) and rule:
+            jobs.update({f: (int(m.group(1)), rule) for f in outputs})
+            rule, outputs = None, []
+    return jobs
+
+
+def running_jobs(files, log_text):
+    """The jobs behind the output files marked incomplete: [{'jobid', 'rule', 'outputs'}], one per job.
+    A file that the log does not announce counts as a job of its own."""
+    known = job_outputs(log_text)
+    jobs = {}
+    for f in files:
+        jobid, rule = known.get(f, (None, None))
+        key = jobid if jobid is not None else f
+        jobs.setdefault(key, {"jobid": jobid, "rule": rule, "outputs": []})["outputs"].append(f)
+    return list(jobs.values())
+
+
+def _error_of(text):
+    """The last error of a log that has one, in one line: `ValueError: what is wrong`."""
+    lines = text.splitlines()
+    found = [i for i, line in enumerate(lines) if _ERROR_LINE.match(line)]
+    if not found:
+        return None
+    line = lines[found[-1]].strip()
+    if line.endswith(":"):  # `ValueError in file "...", line 36:`, and the message on the next line
+        following = [rest.strip() for rest in lines[found[-1] + 1:] if rest.strip()]
+        return f"{line.split()[0]}: {following[0]}" if following else line
+    return line
+
+
 def snakemake_progress(workdir):
-    """Overall step count and state from the newest Snakemake log, the lock and the running jobs."""
+    """Overall step count and state from the newest run's Snakemake log, the lock and the running jobs."""
     meta = Path(workdir) / ".snakemake"
     logs = sorted((meta / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime) if (meta / "log").is_dir() else []
-    info = {"log": None, "done": None, "total": None, "percent": None, "failed": False,
+    info = {"log": None, "done": None, "total": None, "percent": None, "failed": False, "up_to_date": False,
             "locked": any((meta / "locks").glob("*.lock")) if (meta / "locks").is_dir() else False,
             "running": _incomplete(meta / "incomplete")}
+    info["stopped_early"] = None
+    text = ""
     for path in reversed(logs):
         text = path.read_text(errors="replace")
-        if "Creating report..." in text:  # `snakemake --report` logs too; it runs nothing
+        if not is_run_log(text):
+            error = _error_of(text)
+            if error and info["stopped_early"] is None:  # e.g. a config mistake, newer than the run
+                info["stopped_early"] = {"log": str(path.relative_to(workdir)), "error": error}
+            text = ""
             continue
         info["log"] = str(path.relative_to(workdir))
         info["updated_s_ago"] = round(time.time() - path.stat().st_mtime)
@@ -123,7 +184,9 @@ def snakemake_progress(workdir):
         if steps:
             info["done"], info["total"], info["percent"] = (int(v) for v in steps[-1])
         info["failed"] = "Error in rule" in text or "Exiting because a job execution failed" in text
+        info["up_to_date"] = _NOTHING_TO_DO in text and not steps
         break
+    info["jobs"] = running_jobs(info["running"], text)
     return info
 
 
@@ -185,6 +248,12 @@ def _sidecar_line(name, status):
             f"queue {queue.get('requests', 0)} requests / {queue.get('tokens', 0)} tokens; {done}")
 
 
+def _job_text(job):
+    first, more = job["outputs"][0], len(job["outputs"]) - 1
+    text = f"{job['rule']} {first}" if job["rule"] else first
+    return f"{text} (+{more} more output{'s' if more > 1 else ''})" if more else text
+
+
 def render(report):
     """Human-readable text of `collect()`'s result."""
     wf = report["workflow"]
@@ -193,10 +262,18 @@ def render(report):
     if wf["done"] is not None:
         lines.append(f"workflow: {state}; {wf['done']} of {wf['total']} steps ({wf['percent']}%) done "
                      f"[{wf['log']}, written {wf['updated_s_ago']} s ago]")
+    elif wf["up_to_date"]:
+        lines.append(f"workflow: {state}; the last run found nothing to be done [{wf['log']}, "
+                     f"written {wf['updated_s_ago']} s ago]")
     else:
         lines.append(f"workflow: {state}; no Snakemake log with a step count yet")
-    if wf["running"]:
-        lines.append(f"jobs running now: {len(wf['running'])} ({', '.join(wf['running'][:6])}{', ...' if len(wf['running']) > 6 else ''})")
+    if wf.get("stopped_early"):
+        lines.append(f"a newer Snakemake command stopped before running anything: {wf['stopped_early']['error']} "
+                     f"[{wf['stopped_early']['log']}]")
+    if wf["jobs"]:
+        jobs = [_job_text(job) for job in wf["jobs"]]
+        what = "jobs running now" if wf["locked"] else "jobs left unfinished by a run that stopped (they rerun)"
+        lines.append(f"{what}: {len(jobs)} ({', '.join(jobs[:6])}{', ...' if len(jobs) > 6 else ''})")
     if report["samples"]:
         header = ("sample", "chunked", "translated", "parts", "embedded", "merged", "classified", "contigs")
         rows = [header] + [

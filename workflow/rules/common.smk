@@ -109,7 +109,12 @@ def report_outputs():
     return expand(
         "results/{sample}/{name}",
         sample=SAMPLES,
-        name=["virus_contigs.tsv", "virus_contigs.fa", "score_tracks.png"],
+        name=[
+            "virus_contigs.tsv",
+            "virus_contigs.html",
+            "virus_contigs.fa",
+            "score_tracks.png",
+        ],
     ) + [
         f"{REPORT_DIR}/{name}"
         for name in (
@@ -117,6 +122,7 @@ def report_outputs():
             "viral_fraction.png",
             "run_stats.png",
             "run_stats.tsv",
+            "run_stats.html",
         )
     ]
 

@@ -3,16 +3,24 @@
 
 
 rule score_tracks:
+    # The sample's items of the report: its score tracks, and its per-record calls as a page that the
+    # report shows (it offers a TSV only as a download); the TSV stays as it is, for machines.
     input:
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",
         contigs="results/{sample}/virus_contigs.tsv",
     output:
-        report(
+        tracks=report(
             "results/{sample}/score_tracks.png",
             caption="../report/score_tracks.rst",
             category="Score tracks",
             labels={"sample": "{sample}", "figure": "score tracks"},
+        ),
+        table=report(
+            "results/{sample}/virus_contigs.html",
+            caption="../report/virus_contigs.rst",
+            category="Per-record calls",
+            labels={"sample": "{sample}", "table": "virus_contigs, readable"},
         ),
     log:
         "logs/{sample}/score_tracks.log",
@@ -24,17 +32,21 @@ rule score_tracks:
         top=REPORT["top_contigs"],
     shell:
         "virnucflow score-tracks --sample {wildcards.sample} --results-dir {params.results_dir} "
-        "--chunk-size {params.size} --top {params.top} --output {output} > {log} 2>&1"
+        "--chunk-size {params.size} --top {params.top} --output {output.tracks} "
+        "--table-page {output.table} > {log} 2>&1"
 
 
 rule report_plots:
     # Reads the embedding jobs' benchmark files too (benchmarks/<sample>/embed/), where they exist.
+    # parts.json is read for the number of parts; as an input it also keeps the count_parts jobs in
+    # the DAG that `snakemake --report` builds, so that their runtimes are in its statistics.
     input:
         results=expand("results/{sample}/prediction_results.txt", sample=SAMPLES),
         highest=expand(
             "results/{sample}/prediction_results_highestscore.csv", sample=SAMPLES
         ),
         contigs=expand("results/{sample}/virus_contigs.tsv", sample=SAMPLES),
+        parts=expand("results/{sample}/parts.json", sample=SAMPLES),
     output:
         scores=report(
             f"{REPORT_DIR}/virus_scores.png",
@@ -58,6 +70,12 @@ rule report_plots:
             f"{REPORT_DIR}/run_stats.tsv",
             caption="../report/run_stats.rst",
             category="Run statistics",
+            labels={"item": "table (TSV)"},
+        ),
+        stats_page=report(
+            f"{REPORT_DIR}/run_stats.html",
+            caption="../report/run_stats.rst",
+            category="Run statistics",
             labels={"item": "table"},
         ),
     log:
@@ -69,4 +87,5 @@ rule report_plots:
     shell:
         "virnucflow report-plots {params.samples} --benchmarks-dir benchmarks "
         "--scores-plot {output.scores} --fraction-plot {output.fraction} "
-        "--stats-plot {output.stats_plot} --stats-table {output.stats_table} > {log} 2>&1"
+        "--stats-plot {output.stats_plot} --stats-table {output.stats_table} "
+        "--stats-page {output.stats_page} > {log} 2>&1"
