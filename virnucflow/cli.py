@@ -160,6 +160,12 @@ def cmd_status(args):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def cmd_run(args):
+    from virnucflow.run_command import main as run
+
+    return run(args)
+
+
 def _fraction(text):
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -282,11 +288,27 @@ def build_parser():
     p.set_defaults(func=cmd_demo_models)
 
     _add_report_commands(sub)
+
+    from virnucflow.run_command import add_arguments as add_run_arguments
+
+    p = sub.add_parser("run", help="FASTA files in, results out: the whole workflow in one command "
+                       "(options after -- go to snakemake)",
+                       epilog="Options after -- go to snakemake unchanged, such as: -- --keep-going")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:  # `virnucflow run ... -- SNAKEMAKE OPTIONS`: what follows goes to snakemake unchanged
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if extra and args.command != "run":
+        parser.error("only `virnucflow run` takes options after --")
+    args.snakemake_args = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s virnucflow %(levelname)s %(message)s",
