@@ -34,8 +34,8 @@ FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fas", ".ffn", ".fsa")
 COMPRESSED_SUFFIXES = (".gz",)  # what virnucflow.fasta reads besides plain text
 CONFIG_NAME, SHEET_NAME = "config.yaml", "samples.tsv"
 EXIT_USAGE = 2
-CONFIG_HEADER = ("# Written by `virnucflow run`, which rewrites it when its options change (config/README.md\n"
-                 "# explains every key). Snakemake also takes it: snakemake --configfile config.yaml ...\n")
+CONFIG_HEADER = ("# Written by `virnucflow run` from its options, and rewritten when they change. The keys are\n"
+                 "# those of the workflow's config/README.md; `snakemake --configfile` takes this file too.\n")
 
 
 def workflow_root() -> Path:
