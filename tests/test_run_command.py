@@ -87,11 +87,13 @@ def test_models_dir_and_settings_become_the_config(tmp_path, demo_models):
     assert settings.esm2 == str(models / fetch.ESM2_PATH) and settings.dnabert_s == str(models / fetch.DNABERT_DIR)
     assert config["models"]["classifiers"]["300"] == str(models / "300_model.pth")
     assert settings.mode == "fast" and config["embedding"]["gpus"] == [0, 1] and config["chunk_size"] == 300
+    assert settings.device == "auto"
     assert config["demo_models"] is False
     assert (out / "samples.tsv").read_text() == (f"sample\tfasta\nphage_mix\t{DEMO / 'phage_mix.fa'}\n"
                                                  f"reads\t{DEMO / 'reads.fa.gz'}\n")
     assert cmd[cmd.index("--configfile") + 1] == str(out / "config.yaml")
     assert cmd[cmd.index("--profile") + 1] == str(REPO / "workflow" / "profiles" / "slurm")
+    assert "--cores" not in cmd  # the profile's
 
 
 @pytest.mark.unit
@@ -138,7 +140,7 @@ def test_an_installed_copy_runs_its_packaged_workflow(tmp_path):
     for name in tracked:  # a copy of the checkout, so that the build leaves nothing in it
         (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, tmp_path / "src" / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "-w", str(tmp_path / "wheel"), str(tmp_path / "src")], check=True, capture_output=True, timeout=300)
     site = tmp_path / "site"
     with zipfile.ZipFile(next((tmp_path / "wheel").glob("virnucflow-*.whl"))) as wheel:

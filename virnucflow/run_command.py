@@ -55,7 +55,7 @@ def setting_field(name):
 def add_arguments(p):
     p.add_argument("-i", "--input", action="append", required=True, metavar="FASTA",
                    help="a sample's FASTA, plain or gzipped (repeat for more samples; the file name, without "
-                        ".fa/.fasta/.fna/.gz, is the sample name)")
+                        f"{'/'.join(FASTA_SUFFIXES + COMPRESSED_SUFFIXES)}, is the sample name)")
     p.add_argument("-o", "--outdir", required=True, help="the run's directory: config, results, logs")
     p.add_argument("--chunk-size", type=int, required=True, help="300 or 500 (must match the classifier)")
     models = p.add_mutually_exclusive_group()
@@ -67,8 +67,8 @@ def add_arguments(p):
         meta = setting_field(name).metadata
         p.add_argument(f"--{name}", choices=meta["choices"], help=meta["help"] + " (default: the config's)")
     p.add_argument("--gpus", metavar="LIST", help="GPU ordinals to run one sidecar each on, such as 0,1 "
-                   "(default: every visible GPU)")
-    p.add_argument("--cores", default="all", help="CPU cores for the jobs (default all)")
+                   "(default: every visible GPU); sets --device auto unless --device is given")
+    p.add_argument("--cores", help="CPU cores for the jobs (default: all, or the profile's)")
     p.add_argument("--dry-run", "-n", action="store_true", help="show what would run, run nothing")
     p.add_argument("--profile", metavar="P", help="a Snakemake profile directory, or the workflow's own: "
                    "local or slurm")
@@ -101,7 +101,10 @@ def parse_gpus(text):
     return gpus
 
 
-def parse_cores(text):
+def parse_cores(text, profile=None):
+    """The --cores to pass: the one given, else all of them (unless a profile says how many)."""
+    if text is None:
+        return None if profile else "all"
     if text == "all":
         return text
     if not text.isdigit() or int(text) < 1:
@@ -142,7 +145,9 @@ def build_config(args, root) -> dict:
     if args.models:
         config["models"].update(model_paths(args.models, args.chunk_size))
     embedding = config.setdefault("embedding", {})
-    for key, value in (("mode", args.mode), ("device", args.device), ("gpus", parse_gpus(args.gpus))):
+    gpus = parse_gpus(args.gpus)
+    device = args.device or ("auto" if gpus is not None else None)  # the demo's config says cpu
+    for key, value in (("mode", args.mode), ("device", device), ("gpus", gpus)):
         if value is not None:
             embedding[key] = value
     _check(config, _yaml(root / "workflow" / "schemas" / "config.schema.yaml"), None)
@@ -166,7 +171,9 @@ def model_paths(models_dir, chunk_size) -> dict:
 
 def snakemake_command(root, outdir, cores, dry_run=False, profile=None, extra=()) -> list:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(outdir),
-           "--configfile", str(Path(outdir) / CONFIG_NAME), "--cores", str(cores)]
+           "--configfile", str(Path(outdir) / CONFIG_NAME)]
+    if cores:
+        cmd += ["--cores", str(cores)]
     if dry_run:
         cmd.append("--dry-run")
     if profile:
@@ -209,7 +216,7 @@ def prepare(args):
     outdir = Path(args.outdir).expanduser().resolve()
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"-o {args.outdir} is a file; give a directory (new or of an earlier run)")
-    cores = parse_cores(args.cores)
+    cores = parse_cores(args.cores, args.profile)
     runs = samples(args.input, root)
     config = build_config(args, root)
     try:
