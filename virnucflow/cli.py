@@ -231,6 +231,14 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"virnucflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from virnucflow.run_command import add_arguments as add_run_arguments
+
+    p = sub.add_parser("run", help="FASTA files in, results out: the whole workflow in one command "
+                       "(options after -- go to snakemake)",
+                       epilog="Options after -- go to snakemake unchanged, such as: -- --keep-going")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("chunk", help="cut records into 300 or 500 bp windows, as the original does")
     p.add_argument("--size", type=int, choices=(300, 500), required=True)
     p.add_argument("input", help="FASTA, plain or gzipped")
@@ -288,14 +296,6 @@ def build_parser():
     p.set_defaults(func=cmd_demo_models)
 
     _add_report_commands(sub)
-
-    from virnucflow.run_command import add_arguments as add_run_arguments
-
-    p = sub.add_parser("run", help="FASTA files in, results out: the whole workflow in one command "
-                       "(options after -- go to snakemake)",
-                       epilog="Options after -- go to snakemake unchanged, such as: -- --keep-going")
-    add_run_arguments(p)
-    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from virnucflow import fetch
 from virnucflow.atomic import atomic_path
 from virnucflow.embedding_settings import EmbeddingSettings
@@ -222,7 +220,7 @@ def prepare(args):
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         write_if_changed(outdir / SHEET_NAME, sample_sheet(runs))
-        write_if_changed(outdir / CONFIG_NAME, CONFIG_HEADER + yaml.safe_dump(config, sort_keys=False))
+        write_if_changed(outdir / CONFIG_NAME, CONFIG_HEADER + _yaml_text(config))
     except OSError as exc:
         raise InputError(f"-o {args.outdir}: cannot write there ({exc.strerror}); give a writable directory") from None
     cmd = snakemake_command(root, outdir, cores, args.dry_run, args.profile, getattr(args, "snakemake_args", ()))
@@ -272,8 +270,16 @@ def where_results_are(outdir, runs, root) -> str:
 
 
 def _yaml(path):
+    import yaml  # here, not at the top: every `virnucflow` command imports this module to declare its options
+
     with open(path) as fh:
         return yaml.safe_load(fh)
+
+
+def _yaml_text(data):
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _check(value, schema, message):
