@@ -185,8 +185,8 @@ def test_demo_run_then_a_rerun_that_does_nothing(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in files}
 
     again = run()
-    assert "Nothing to be done" in again.stderr and "rule " not in again.stderr
-    assert {p: p.stat().st_mtime_ns for p in files} == mtimes
+    assert "Nothing to be done" in again.stderr and "rule " not in again.stderr, again.stderr[-3000:]
+    assert [p for p in files if p.stat().st_mtime_ns != mtimes[p]] == []
 
     reads = command.index(str(DEMO / "reads.fa.gz"))
     del command[reads - 1:reads + 1]  # only phage_mix now
