@@ -160,12 +160,6 @@ def cmd_status(args):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def cmd_run(args):
-    from virnucflow.run_command import main as run
-
-    return run(args)
-
-
 def _fraction(text):
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -223,6 +217,12 @@ def _add_report_commands(sub):
     p.add_argument("--no-sidecar", action="store_true", help="do not ask the sidecars")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
+
+
+def cmd_run(args):
+    from virnucflow.run_command import main as run
+
+    return run(args)
 
 
 def build_parser():
