@@ -268,11 +268,25 @@ def _add_report_commands(sub):
     p.set_defaults(func=cmd_status)
 
 
+def cmd_run(args):
+    from virnucflow.run_command import main as run
+
+    return run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="virnucflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"virnucflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    from virnucflow.run_command import add_arguments as add_run_arguments
+
+    p = sub.add_parser("run", help="FASTA files in, results out: the whole workflow in one command "
+                       "(options after -- go to snakemake)",
+                       epilog="Options after -- go to snakemake unchanged, such as: -- --keep-going")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chunk", help="cut records into 300 or 500 bp windows, as the original does")
     p.add_argument("--size", type=int, choices=(300, 500), required=True)
@@ -336,7 +350,15 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:  # `virnucflow run ... -- SNAKEMAKE OPTIONS`: what follows goes to snakemake unchanged
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if extra and args.command != "run":
+        parser.error("only `virnucflow run` takes options after --")
+    args.snakemake_args = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s virnucflow %(levelname)s %(message)s",
