@@ -11,7 +11,8 @@ import yaml
 
 from conftest import run_cli
 from virnucflow import preflight
-from virnucflow.config_check import (config_problems, fill_defaults, load_config_file, load_schema, schema_dir)
+from virnucflow.config_check import config_problems, fill_defaults, load_config_file, load_schema
+from virnucflow.workflow_files import schema_dir
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.errors import InputError
 from virnucflow.sample_sheet import read_sample_sheet

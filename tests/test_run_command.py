@@ -16,7 +16,8 @@ from virnucflow import fetch
 from virnucflow.cli import build_parser, main
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.errors import InputError
-from virnucflow.run_command import parse_gpus, prepare, sample_name, workflow_root, write_if_changed
+from virnucflow.run_command import parse_gpus, prepare, sample_name, write_if_changed
+from virnucflow.workflow_files import workflow_root
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "resources" / "demo"
@@ -102,8 +103,8 @@ def test_models_dir_and_settings_become_the_config(tmp_path, demo_models):
     (["-o", "a_file"], "is a file; give a directory"),
     (["--gpus", "0,x"], "--gpus '0,x': give distinct GPU ordinals"),
     (["-i", str(DEMO / "phage_mix.fa")], "also that of"),
-    (["--chunk-size", "400"], "chunk_size: 400 is not one of [300, 500]"),
-    (["--mode", "exact", "--device", "gpu"], "embedding.device: 'gpu' does not match"),
+    (["--chunk-size", "400"], "chunk_size is 400: allowed values are 300, 500"),
+    (["--mode", "exact", "--device", "gpu"], "embedding.device is 'gpu': expected auto"),
     (["--models", "no_models"], "--models no_models: no such directory; fetch them with `virnucflow fetch-models"),
     (["--cores", "0"], "--cores '0': give a number of cores"),
 ])

@@ -20,14 +20,6 @@ TYPE_WORDS = {"integer": "a whole number", "number": "a number", "boolean": "tru
 YES_NO = {"yes", "no", "true", "false", "on", "off", "y", "n", "1", "0"}
 
 
-def schema_dir() -> Path:
-    """workflow/schemas of this checkout (virnucflow is installed from it), else of the working directory."""
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (base / "workflow" / "schemas" / "config.schema.yaml").is_file():
-            return base / "workflow" / "schemas"
-    raise InputError("cannot find workflow/schemas/config.schema.yaml: run this in the virnucflow checkout")
-
-
 def load_schema(path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 

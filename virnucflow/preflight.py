@@ -199,7 +199,8 @@ def run_problems(config: dict, samples: dict, classifier: str, directory=".", mo
 
 def check(configfile, directory=".") -> tuple[list[str], list[str]]:
     """(problems, notes) of a config file, everything that `virnucflow check` reports."""
-    from virnucflow.config_check import config_problems, fill_defaults, load_config_file, load_schema, schema_dir
+    from virnucflow.config_check import config_problems, fill_defaults, load_config_file, load_schema
+    from virnucflow.workflow_files import schema_dir
     from virnucflow.sample_sheet import read_sample_sheet
 
     schemas = schema_dir()

@@ -13,6 +13,7 @@ install, and in `virnucflow/_pipeline/` in an installed copy (pyproject.toml shi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shlex
@@ -25,24 +26,14 @@ from virnucflow import fetch
 from virnucflow.atomic import atomic_path
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.errors import InputError
+from virnucflow.workflow_files import workflow_root
 
-PACKAGED = Path(__file__).resolve().parent / "_pipeline"
-CHECKOUT = Path(__file__).resolve().parent.parent
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fas", ".ffn", ".fsa")
 COMPRESSED_SUFFIXES = (".gz",)  # what virnucflow.fasta reads besides plain text
 CONFIG_NAME, SHEET_NAME = "config.yaml", "samples.tsv"
 EXIT_USAGE = 2
 CONFIG_HEADER = ("# Written by `virnucflow run` from its options, and rewritten when they change. The keys are\n"
                  "# those of the workflow's config/README.md; `snakemake --configfile` takes this file too.\n")
-
-
-def workflow_root() -> Path:
-    """The directory holding the Snakefile, workflow/ and config/: the installed copy, else the checkout."""
-    for root in (PACKAGED, CHECKOUT):
-        if (root / "Snakefile").is_file() and (root / "workflow" / "rules").is_dir():
-            return root
-    raise InputError(f"the workflow (Snakefile) is neither in {PACKAGED} nor in {CHECKOUT}; reinstall virnucflow "
-                     "with `pip install .` from its checkout")
 
 
 def setting_field(name):
@@ -148,7 +139,11 @@ def build_config(args, root) -> dict:
     for key, value in (("mode", args.mode), ("device", device), ("gpus", gpus)):
         if value is not None:
             embedding[key] = value
-    _check(config, _yaml(root / "workflow" / "schemas" / "config.schema.yaml"), None)
+    from virnucflow.config_check import config_problems
+
+    problems = config_problems(copy.deepcopy(config), _yaml(root / "workflow" / "schemas" / "config.schema.yaml"))
+    if problems:
+        raise InputError(f"{problems[0]} (fix the option that sets it)")
     return config
 
 
