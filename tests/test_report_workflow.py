@@ -116,6 +116,8 @@ def test_the_statistics_hold_every_rule_that_ran(run, report):
     timed = set(re.findall(r'\{"rule": "(\w+)", "runtime": [-0-9.e]+\}', report))
     assert {"embed", "merge", "sidecar", "count_parts", "split_parts"} <= ran
     assert timed == ran
+    runtimes = {rule: float(t) for rule, t in re.findall(r'\{"rule": "(\w+)", "runtime": ([-0-9.e]+)\}', report)}
+    assert all(t > 0 for t in runtimes.values()), runtimes  # a log-scale plot cannot draw 0 or less
 
 
 def test_status_keeps_the_finished_run_after_lint(run, tmp_path):

@@ -242,16 +242,6 @@ def endpoint_file(slot):
     return f"{SIDECAR_DIR}/{slot}.json"
 
 
-def write_text_file(path, text, log):
-    """The run directive of the small local rules: `text` to `path` atomically, and one line to `log`."""
-    from virnucflow.atomic import atomic_path
-
-    with open(log, "w") as handle:
-        handle.write(f"{path} written\n")
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def slot_options(slot):
     """What differs between the sidecars of one run: the device (the rest is in SETTINGS_FILE)."""
     # under SLURM the sidecar job's script picks the device: its one GPU (cuda:0), else the CPU

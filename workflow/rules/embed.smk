@@ -11,10 +11,13 @@ rule embedding_settings:
     log:
         "logs/embedding_settings.log",
     localrule: True
+    conda:
+        "../envs/virnucflow.yaml"
     params:
         settings=SETTINGS.to_json(),
-    run:
-        write_text_file(output[0], params.settings, log[0])
+    # a shell rule, not run:, so that its runtime is recorded (run: jobs got a start after their end)
+    shell:
+        "(printf '%s' {params.settings:q} > {output}.tmp && mv {output}.tmp {output}) > {log} 2>&1"
 
 
 rule embedding_identity:
@@ -25,10 +28,12 @@ rule embedding_identity:
     log:
         "logs/{sample}/embedding_identity.log",
     localrule: True
+    conda:
+        "../envs/virnucflow.yaml"
     params:
         identity=lambda wc: embedding_identity(),
-    run:
-        write_text_file(output[0], f"{params.identity}\n", log[0])
+    shell:
+        "(printf '%s\\n' {params.identity:q} > {output}.tmp && mv {output}.tmp {output}) > {log} 2>&1"
 
 
 if USE_SIDECAR and not EXTERNAL_ENDPOINT:
