@@ -156,8 +156,8 @@ def _one_line(exc):
 def _rows_alone(backend, batch, exc):
     """A batch failed as a whole: embed its rows one at a time, so that a row fails only if it fails alone
     and no request loses its vectors to a batch mate. Returns (matrix, {row: one-line error})."""
-    if len(batch) == 1:
-        return None, {0: _one_line(exc)}
+    if len(batch) == 1 or backend.whole_requests:  # a whole request fails as one: its rows alone differ
+        return None, dict.fromkeys(range(len(batch)), _one_line(exc))
     import numpy as np
 
     token_ids = batch.token_ids

@@ -16,6 +16,7 @@ import time
 from virnucflow.provenance import package_versions
 
 from . import protocol, rendezvous
+from .backends import WHOLE_REQUESTS
 from .batcher import Batcher
 from .compute import Compute
 from .listener import Listener, StartupError, refuse_if_taken
@@ -83,7 +84,7 @@ def serve(cfg):
     # fast mode: DNABERT-S batches get 4x the budget (a 768-wide model needs more tokens per launch)
     per_model = {"dnabert_s": 4 * cfg.max_batch_tokens} if cfg.mode == "fast" else {}
     batcher = Batcher(cfg.max_batch_tokens, cfg.max_queued_tokens, cfg.max_queued_requests,
-                      model_batch_tokens=per_model)
+                      model_batch_tokens=per_model, whole_jobs=WHOLE_REQUESTS.get(cfg.mode, ()))
     listener = Listener(cfg)
     router = None
     try:
