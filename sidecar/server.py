@@ -38,6 +38,7 @@ class ServeConfig:
     models: dict  # protocol model name -> (source, revision)
     device: str
     mode: str  # exact | fast
+    fast_dnabert_precision: str  # fast mode's DNABERT-S numerics (virnucflow.models.mosaicbert_fast)
     idle_timeout: float
     max_batch_tokens: int
     max_queued_tokens: int
@@ -64,6 +65,7 @@ class ServeConfig:
         device = resolve_device(settings.device)
         mode = settings.resolved_mode(device)
         return cls(endpoint_file=endpoint_file, models=settings.models(), device=device, mode=mode,
+                   fast_dnabert_precision=settings.fast_dnabert_precision,
                    idle_timeout=settings.idle_timeout, max_batch_tokens=settings.batch_tokens(mode),
                    max_queued_tokens=settings.max_queued_tokens, max_queued_requests=settings.max_queued_requests,
                    memory_fraction=settings.memory_fraction, threads=settings.threads,

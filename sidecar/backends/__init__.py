@@ -103,7 +103,7 @@ class Backend:
     key = None  # protocol model name
 
     def __init__(self, source, device="cpu", revision=None, mode="exact", cache_bytes=0, cache_entries=None,
-                 max_batch_tokens=65536, trusted=()):
+                 max_batch_tokens=65536, trusted=(), dnabert_precision="fp16"):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (use {' or '.join(MODES)})")
         self.source = source
@@ -111,6 +111,7 @@ class Backend:
         self.revision = revision
         self.mode = mode
         self.max_batch_tokens = max_batch_tokens
+        self.dnabert_precision = dnabert_precision  # fast DNABERT-S's numerics (models.mosaicbert_fast)
         self.trusted = tuple(trusted)  # sha256s of model files that may be unpickled in full
         # a request computed as one unit: no row comes from the cache, no batch is cut in halves
         self.whole_requests = self.key in WHOLE_REQUESTS.get(mode, ())
