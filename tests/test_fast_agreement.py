@@ -215,3 +215,14 @@ def test_fast_dnabert_precision_reaches_the_sidecars_backend(setup, tmp_path):
     assert not errors and cosines(vectors, setup["exact_dna"][:10]).min() >= 0.99999
     with pytest.raises(ValueError, match="precision"):
         FastDnabertS(load_dnabert_s(str(setup["dna"])), precision="fp8")
+
+
+@pytest.mark.unit
+def test_fast_esm2_read_in_fp16_is_the_same_as_converted_from_fp32(setup):
+    """A fast sidecar reads the fp16 checkpoint in fp16 (no fp32 copy made and converted back): the same
+    weights, so the same features bit for bit."""
+    via32 = FastEsm2(load_esm2(str(setup["esm"])), dtype=torch.float16)
+    direct = FastEsm2(load_esm2(str(setup["esm"]), dtype=torch.float16), dtype=torch.float16)
+    for key, value in via32.model.state_dict().items():
+        assert torch.equal(direct.model.state_dict()[key], value), key
+    assert np.array_equal(direct.embed(setup["proteins"][:20]), via32.embed(setup["proteins"][:20]))
