@@ -69,7 +69,8 @@ class EmbeddingSettings:
     max_queued_requests: int = _setting(1024, "outstanding requests beyond which requests are answered BUSY",
                                         "embedding.max_queued_requests", metavar="N", kind=int)
     dedup_cache_mb: float = _setting(1024.0, "per model, MB of embeddings kept so that an identical sequence is "
-                                     "embedded once per sidecar lifetime (LRU; 0 disables)",
+                                     "embedded once per sidecar lifetime (LRU; 0 disables; never exact ESM-2, "
+                                     "whose vectors depend on their batch)",
                                      "embedding.dedup_cache_mb", metavar="MB", kind=float)
     dedup_cache_entries: int | None = _setting(None, "per model, at most N cached embeddings (default: bounded by "
                                                "the MB only)", "embedding.dedup_cache_entries", metavar="N", kind=int)
