@@ -11,12 +11,12 @@ Two phases, meant to run at once on two GPUs of one machine:
 workload, sequences/s, tokens/s and achieved TFLOP/s (useful FLOPs: 2 x weight-matrix parameters per token
 plus 4 x L x width per token and layer for attention; the original's ESM forward also runs the unused LM
 head, not counted) for the original's settings (ESM-2: fair-esm, fp32, 2048-token batches; DNABERT-S: fp32,
-one sequence per call — which is also exact mode for DNABERT-S), exact mode (fp32, one sequence per
-forward) and fast mode; a token-budget sweep; a torch.profiler table of the top CUDA kernels of one fast
-batch per model. It then waits for `reference` and writes the agreement figures: the reference is the packed
-path in fp32 (TF32 off) on all agreement frames, itself checked against the exact per-sequence path on a
-subset; fast embeddings are compared per sequence (cosine), and through a random-weight classifier
-(virnucflow.classifier.write_random_classifier) for labels and scores.
+one sequence per call — which is also exact mode for DNABERT-S), exact mode (fp32; ESM-2 in the original's
+batches since issue 12, one protein per forward before) and fast mode; a token-budget sweep; a torch.profiler
+table of the top CUDA kernels of one fast batch per model. It then waits for `reference` and writes the agreement figures: the reference is the packed
+path in fp32 (TF32 off) on all agreement frames, itself checked against the exact path (fp32; ESM-2 in the
+original's batches) on a subset; fast embeddings are compared per sequence (cosine), and through a random-weight
+classifier (virnucflow.classifier.write_random_classifier) for labels and scores.
 """
 
 import argparse
@@ -190,7 +190,7 @@ def phase_reference(args):
         return
     esm = load_esm2(str(esm_path), device=device)
     out["esm_exact_subset"], dt = timed(lambda: esm.embed(agree["protein"][:sub]), device)
-    log(f"reference ESM-2 exact per-sequence fp32: {sub} seqs in {dt:.1f} s")
+    log(f"reference ESM-2 exact fp32 (the original's batches): {sub} seqs in {dt:.1f} s")
     fast32 = FastEsm2(esm, dtype=torch.float32, max_batch_tokens=args.budget)
     out["esm_ref"], dt = timed(lambda: fast32.embed(agree["protein"]), device)
     log(f"reference ESM-2 packed fp32: {len(agree['protein'])} seqs in {dt:.1f} s")

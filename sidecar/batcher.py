@@ -8,6 +8,9 @@ scattered back into each job's own matrix, so a job completes when all its rows 
 Admission is bounded: a job is refused with `Busy` when it would raise the outstanding (accepted and
 not yet released) tokens above `max_queued_tokens` or the outstanding jobs above `max_queued_requests`.
 A job is always admitted into an empty queue, so an oversized request still makes progress.
+A model in `whole_jobs` (ESM-2 in exact mode) is batched differently: each batch is one whole job, never
+shared with another and never cut at the budget, because the model forms the original's batches of that
+request itself and a vector depends on its batch mates.
 The batcher knows nothing about sockets, models or torch.
 """
 
@@ -78,11 +81,12 @@ class Batch:
 
 class Batcher:
     def __init__(self, max_batch_tokens=4096, max_queued_tokens=1_000_000, max_queued_requests=1024,
-                 model_batch_tokens=None):
+                 model_batch_tokens=None, whole_jobs=()):
         if max_batch_tokens < 1 or max_queued_tokens < 1 or max_queued_requests < 1:
             raise ValueError("batcher limits must be positive")
         self.max_batch_tokens = max_batch_tokens
         self.model_batch_tokens = dict(model_batch_tokens or {})  # per-model override of the budget
+        self.whole_jobs = frozenset(whole_jobs)  # models whose batch is exactly one whole job
         self.max_queued_tokens = max_queued_tokens
         self.max_queued_requests = max_queued_requests
         self._pending = collections.deque()  # jobs with rows not yet scheduled, in arrival order
@@ -146,7 +150,8 @@ class Batcher:
             if not self._pending:
                 return None
             model = self._pending[0].model
-            budget = self.model_batch_tokens.get(model, self.max_batch_tokens)
+            whole = model in self.whole_jobs
+            budget = float("inf") if whole else self.model_batch_tokens.get(model, self.max_batch_tokens)
             batch = Batch(model)
             now = time.monotonic()
             full = False
@@ -166,7 +171,7 @@ class Batcher:
                         job.started = now
                 if job.cursor == len(job.seqs):
                     self._pending.remove(job)
-                if full:
+                if full or whole:
                     break
             return batch
 

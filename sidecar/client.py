@@ -2,8 +2,9 @@
 
 Imports only the standard library, pyzmq and numpy (never torch), so a per-file job starts in a fraction
 of a second. It waits for readiness with its own generous timeout (models may take minutes to load),
-splits large inputs into several requests kept a few at a time in flight, retries BUSY with backoff,
-checks the ids of every reply and that every vector is finite.
+splits large inputs into several requests kept a few at a time in flight (ESM-2 in exact mode: one request
+per batch of the original's, so that the sidecar computes the original's batches), retries BUSY with
+backoff, checks the ids of every reply and that every vector is finite.
 
 It never waits without end. It follows the "Lazy Pirate" pattern of the ZeroMQ guide: each request has a
 timeout (see SidecarClient); when it passes, the client closes its socket, reconnects (re-reading the
@@ -31,6 +32,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import auth, protocol, rendezvous, safe_files
+from .exact_batches import original_batches
 
 POLL = 0.2  # seconds per wait slice; liveness is checked between slices
 ASSUMED_RATE = 1000.0  # tokens/s assumed for a sidecar that has not measured its throughput yet
@@ -63,7 +65,7 @@ class _Request:
     """One embed request: the same frames, hence the same id, on every send."""
 
     def __init__(self, chunk):
-        self.chunk = chunk  # (start, end) in the caller's sequences
+        self.chunk = chunk  # indices of the caller's sequences
         self.frames = self.id = None
         self.tokens = 0  # estimated: characters plus two special tokens per sequence
         self.sends = 0  # since the last answer
@@ -365,15 +367,20 @@ class SidecarClient:
 
     # ---- embedding ----------------------------------------------------------------------------
 
-    def _chunks(self, seqs):
+    def _chunks(self, model, seqs):
+        """The requests' rows: the original's ESM-2 batches for an exact-mode sidecar (sidecar.exact_batches),
+        else runs of at most max_request_seqs sequences and max_request_chars characters."""
+        if model == "esm2" and (self.served or {}).get("mode") == "exact":
+            yield from original_batches([len(s) for s in seqs])
+            return
         start, chars = 0, 0
         for i, seq in enumerate(seqs):
             if i > start and (i - start >= self.max_request_seqs or chars + len(seq) > self.max_request_chars):
-                yield start, i
+                yield list(range(start, i))
                 start, chars = i, 0
             chars += len(seq)
         if start < len(seqs):
-            yield start, len(seqs)
+            yield list(range(start, len(seqs)))
 
     def _send_request(self, request, inflight):
         """(Re)send `request` with a fresh deadline; `inflight` already holds it."""
@@ -392,7 +399,7 @@ class SidecarClient:
         if model not in models:
             raise SidecarError(f"{self.describe()} does not serve {model!r} (it serves: {', '.join(models)})")
         out = np.empty((len(seqs), models[model]["dim"]), dtype=np.float32)
-        todo = [_Request(chunk) for chunk in self._chunks(seqs)]  # not in flight: unsent, or answered BUSY
+        todo = [_Request(chunk) for chunk in self._chunks(model, seqs)]  # not in flight: unsent, or answered BUSY
         inflight = {}  # request id -> _Request
         busy_since = None
         lost = 0  # connections in a row that answered nothing
@@ -403,10 +410,11 @@ class SidecarClient:
             for request in [r for r in todo if r.retry_at <= now][:max(self.window - len(inflight), 0)]:
                 todo.remove(request)
                 if request.frames is None:
-                    a, b = request.chunk
+                    rows = request.chunk
                     request.id = protocol.new_request_id()
-                    request.frames = protocol.embed(model, ids[a:b], seqs[a:b], request_id=request.id)
-                    request.tokens = sum(len(s) + 2 for s in seqs[a:b])
+                    request.frames = protocol.embed(model, [ids[r] for r in rows], [seqs[r] for r in rows],
+                                                    request_id=request.id)
+                    request.tokens = sum(len(seqs[r]) + 2 for r in rows)
                 inflight[request.id] = request
                 self._send_request(request, inflight)
             if now >= next_ping:  # heartbeat: the sidecar proves it is alive by answering
@@ -462,9 +470,9 @@ class SidecarClient:
 
     def _store(self, out, request, head, extra, model, ids, doing):
         """Check a result (ids, width, every value finite) and copy it into `out`."""
-        a, b = request.chunk
+        rows = request.chunk
         try:
-            block = protocol.decode_result(head, extra, ids[a:b])
+            block = protocol.decode_result(head, extra, [ids[r] for r in rows])
         except protocol.ProtocolError as exc:
             raise SidecarError(f"{self.describe()} sent a bad result while {doing}: {exc}") from None
         if block.shape[1] != out.shape[1]:
@@ -473,5 +481,5 @@ class SidecarClient:
         bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
         if bad.size:
             raise SidecarError(f"{self.describe()} sent a non-finite {model} vector (NaN or infinity) for "
-                               f"sequence {ids[a + bad[0]]!r} ({bad.size} such in the request) while {doing}")
-        out[a:b] = block
+                               f"sequence {ids[rows[bad[0]]]!r} ({bad.size} such in the request) while {doing}")
+        out[rows] = block

@@ -53,7 +53,8 @@ class Compute:
 
     def served(self, versions):
         """What produces this sidecar's vectors, for clients to check and to record with their results."""
-        return {"mode": self.cfg.mode, "device": self.device, "gpu_name": self.gpu_name,
+        precision = {"fast_dnabert_precision": self.cfg.fast_dnabert_precision} if self.cfg.mode == "fast" else {}
+        return {"mode": self.cfg.mode, "device": self.device, **precision, "gpu_name": self.gpu_name,
                 "fingerprints": self.fingerprints, "versions": versions,
                 "models": {name: {"source": src, "revision": rev, "name": self.backends[name].name,
                                   "dim": self.backends[name].dim}
@@ -90,7 +91,7 @@ class Compute:
                 name, source, device=self.device, revision=revision, mode=self.cfg.mode,
                 cache_bytes=int(self.cfg.dedup_cache_mb * 2**20), cache_entries=self.cfg.dedup_cache_entries,
                 max_batch_tokens=self.batcher.model_batch_tokens.get(name, self.cfg.max_batch_tokens),
-                trusted=self.cfg.unsafe_trust_pickle)
+                trusted=self.cfg.unsafe_trust_pickle, dnabert_precision=self.cfg.fast_dnabert_precision)
             backend.load()
             log.info("loaded %s from %s: %s, dim %d, %s mode, %.2f s", name, source, backend.name, backend.dim,
                      self.cfg.mode, backend.load_seconds)
@@ -156,8 +157,8 @@ def _one_line(exc):
 def _rows_alone(backend, batch, exc):
     """A batch failed as a whole: embed its rows one at a time, so that a row fails only if it fails alone
     and no request loses its vectors to a batch mate. Returns (matrix, {row: one-line error})."""
-    if len(batch) == 1:
-        return None, {0: _one_line(exc)}
+    if len(batch) == 1 or backend.whole_requests:  # a whole request fails as one: its rows alone differ
+        return None, dict.fromkeys(range(len(batch)), _one_line(exc))
     import numpy as np
 
     token_ids = batch.token_ids

@@ -16,6 +16,7 @@ import time
 from virnucflow.provenance import package_versions
 
 from . import protocol, rendezvous
+from .backends import WHOLE_REQUESTS
 from .batcher import Batcher
 from .compute import Compute
 from .listener import Listener, StartupError, refuse_if_taken
@@ -37,6 +38,7 @@ class ServeConfig:
     models: dict  # protocol model name -> (source, revision)
     device: str
     mode: str  # exact | fast
+    fast_dnabert_precision: str  # fast mode's DNABERT-S numerics (virnucflow.models.mosaicbert_fast)
     idle_timeout: float
     max_batch_tokens: int
     max_queued_tokens: int
@@ -63,6 +65,7 @@ class ServeConfig:
         device = resolve_device(settings.device)
         mode = settings.resolved_mode(device)
         return cls(endpoint_file=endpoint_file, models=settings.models(), device=device, mode=mode,
+                   fast_dnabert_precision=settings.fast_dnabert_precision,
                    idle_timeout=settings.idle_timeout, max_batch_tokens=settings.batch_tokens(mode),
                    max_queued_tokens=settings.max_queued_tokens, max_queued_requests=settings.max_queued_requests,
                    memory_fraction=settings.memory_fraction, threads=settings.threads,
@@ -83,7 +86,7 @@ def serve(cfg):
     # fast mode: DNABERT-S batches get 4x the budget (a 768-wide model needs more tokens per launch)
     per_model = {"dnabert_s": 4 * cfg.max_batch_tokens} if cfg.mode == "fast" else {}
     batcher = Batcher(cfg.max_batch_tokens, cfg.max_queued_tokens, cfg.max_queued_requests,
-                      model_batch_tokens=per_model)
+                      model_batch_tokens=per_model, whole_jobs=WHOLE_REQUESTS.get(cfg.mode, ()))
     listener = Listener(cfg)
     router = None
     try:

@@ -26,3 +26,17 @@ def test_sidecar_vs_reload_benchmark_at_ci_size(tmp_path):
     # three fresh processes that each load both models cannot beat one resident server
     assert result["ratio_end_to_end"] > 1.0
     assert "ratio" in proc.stdout
+
+
+def test_exact_vs_original_benchmark_at_ci_size(tmp_path):
+    out = tmp_path / "exact.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/exact_vs_original.py"), "--size", "tiny", "--frames", "50",
+         "--device", "cpu", "--models-dir", str(tmp_path / "models"), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for model in ("esm2", "dnabert_s"):  # the same features as the original's loops, on the same device
+        assert result[model]["bit_identical"] and result[model]["max_abs_diff"] == 0.0
+        assert result[model]["original_frames_per_s"] > 0 and result[model]["exact_frames_per_s"] > 0

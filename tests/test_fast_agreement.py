@@ -21,7 +21,7 @@ from agreement import calibrated_classifier, classifier_agreement, cosines  # no
 from workload import frames  # noqa: E402
 
 from sidecar.backends import make_backend  # noqa: E402
-from virnucflow.embedding_settings import EmbeddingSettings  # noqa: E402
+from virnucflow.embedding_settings import DNABERT_PRECISIONS, EmbeddingSettings  # noqa: E402
 from virnucflow.classifier import write_random_classifier  # noqa: E402
 from virnucflow.models.dnabert_s import load_dnabert_s, write_tiny_dnabert_s  # noqa: E402
 from virnucflow.models.esm2 import load_esm2, write_tiny_esm2_checkpoint  # noqa: E402
@@ -171,3 +171,58 @@ def test_fast_sidecar_with_concurrent_clients_matches_exact(setup, tmp_path):
             assert status["models"][model]["loads"] == 1
     finally:
         sidecar.close()
+
+
+@pytest.mark.unit
+def test_fast_dnabert_precision_meets_the_point_3_bounds_in_fp32(setup):
+    """The issue's bounds for fast against exact (bench/agreement.BOUNDS: mean logit shift of a classifier
+    calibrated 50/50 on the exact features, label agreement, per-sequence cosine of each model), with fast
+    ESM-2 in fp16 as a fast sidecar runs it (also on the CPU). DNABERT-S in fp16 misses the shift bound here
+    (about -0.003, the shared offset that the issue measured on the GPU); embedding.fast_dnabert_precision
+    fp32 meets them all."""
+    from agreement import BOUNDS, calibrated_shift
+
+    classifier = setup["out"] / "clf_point3.pth"
+    write_random_classifier(classifier, input_dim=128, hidden_dim=32)
+    esm = FastEsm2(load_esm2(str(setup["esm"])), dtype=torch.float16).embed(setup["proteins"])
+    figures = {}
+    for precision in DNABERT_PRECISIONS:
+        fast = FastDnabertS(load_dnabert_s(str(setup["dna"])), precision=precision)
+        assert fast.precision == precision and fast.model.encoder.layer[0].mlp.wo.weight.dtype == fast.dtype
+        figures[precision] = calibrated_shift(classifier, setup["exact_dna"], setup["exact_esm"],
+                                              fast.embed(setup["dna_seqs"]), esm)
+        assert 0.45 <= figures[precision]["virus_fraction_exact"] <= 0.55
+        assert figures[precision]["cos_min"]["dnabert_s"] >= 0.999
+    best = figures["fp32"]
+    assert best["within_bounds"], best
+    assert abs(best["mean_logit_shift"]) <= BOUNDS["mean_logit_shift"]
+    assert best["label_agreement"] >= BOUNDS["label_agreement"]
+    assert min(best["cos_min"].values()) >= BOUNDS["cos_min"]
+    assert abs(best["mean_logit_shift"]) < abs(figures["fp16"]["mean_logit_shift"])
+
+
+@pytest.mark.unit
+def test_fast_dnabert_precision_reaches_the_sidecars_backend(setup, tmp_path):
+    from sidecar.server import ServeConfig
+
+    settings = EmbeddingSettings(dnabert_s=str(setup["dna"]), device="cpu", mode="fast",
+                                 fast_dnabert_precision="fp32")
+    cfg = ServeConfig.from_settings(settings, str(tmp_path / "e.json"))
+    assert (cfg.mode, cfg.fast_dnabert_precision) == ("fast", "fp32")
+    backend = make_backend("dnabert_s", str(setup["dna"]), mode="fast", dnabert_precision=cfg.fast_dnabert_precision)
+    assert backend.load().model.precision == "fp32"
+    vectors, errors = backend.embed_rows(setup["dna_seqs"][:10])
+    assert not errors and cosines(vectors, setup["exact_dna"][:10]).min() >= 0.99999
+    with pytest.raises(ValueError, match="precision"):
+        FastDnabertS(load_dnabert_s(str(setup["dna"])), precision="fp8")
+
+
+@pytest.mark.unit
+def test_fast_esm2_read_in_fp16_is_the_same_as_converted_from_fp32(setup):
+    """A fast sidecar reads the fp16 checkpoint in fp16 (no fp32 copy made and converted back): the same
+    weights, so the same features bit for bit."""
+    via32 = FastEsm2(load_esm2(str(setup["esm"])), dtype=torch.float16)
+    direct = FastEsm2(load_esm2(str(setup["esm"]), dtype=torch.float16), dtype=torch.float16)
+    for key, value in via32.model.state_dict().items():
+        assert torch.equal(direct.model.state_dict()[key], value), key
+    assert np.array_equal(direct.embed(setup["proteins"][:20]), via32.embed(setup["proteins"][:20]))

@@ -41,8 +41,8 @@ class OomAbove:
 
 
 def test_out_of_memory_splits_the_batch_in_halves(backends):
-    backend = backends["esm2"]
-    seqs = pools(n=10)["esm2"]
+    backend = backends["dnabert_s"]
+    seqs = pools(n=10)["dnabert_s"]
     expected = backend.embed_batch(seqs)
     real = backend.model
     backend.model = OomAbove(real, limit=3)
@@ -55,6 +55,21 @@ def test_out_of_memory_splits_the_batch_in_halves(backends):
             backend.embed_batch(seqs[:1])
         matrix, errors = backend.embed_rows(seqs[:2])
         assert set(errors) == {0, 1} and all("out of memory" in e for e in errors.values())
+    finally:
+        backend.model = real
+
+
+def test_exact_esm2_request_is_never_split_nor_deduplicated(backends):
+    """Exact ESM-2 computes a request in the original's batches: halves or cached rows would change them."""
+    backend = backends["esm2"]
+    seqs = pools(n=10)["esm2"]
+    assert backend.whole_requests and not backend.cache.enabled
+    real = backend.model
+    backend.model = OomAbove(real, limit=3)
+    try:
+        matrix, errors = backend.embed_rows(seqs)
+        assert backend.model.calls == [10]
+        assert set(errors) == set(range(10)) and all("original's batches" in e for e in errors.values())
     finally:
         backend.model = real
 

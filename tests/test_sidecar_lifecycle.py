@@ -28,7 +28,7 @@ pytestmark = pytest.mark.process
 
 # ---- shutdown and orphan handling -------------------------------------------------------------
 
-def test_sigterm_finishes_in_flight_work_then_exits_cleanly(spawn, models, reference):
+def test_sigterm_finishes_in_flight_work_then_exits_cleanly(spawn, models):
     sidecar = spawn(*model_args(models, ["esm2"]))
     sidecar.wait_ready()
     endpoint = sidecar.wait_file()["endpoint"]
@@ -37,9 +37,12 @@ def test_sigterm_finishes_in_flight_work_then_exits_cleanly(spawn, models, refer
     big = pool * 15
     outcome = {}
 
-    def work():
-        with sidecar.client() as client:
-            outcome["vectors"] = client.embed("esm2", [str(i) for i in range(len(big))], big)
+    def work():  # one request (a client would send exact ESM-2 as several, one per batch of the original's)
+        ids = [str(i) for i in range(len(big))]
+        sock = raw_dealer(endpoint)
+        sock.send_multipart(protocol.embed("esm2", ids, big, request_id="big"))
+        head, data = recv_header(sock, timeout=30)
+        outcome["vectors"] = protocol.decode_result(head, data, ids)
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -57,7 +60,7 @@ def test_sigterm_finishes_in_flight_work_then_exits_cleanly(spawn, models, refer
     head, _ = recv_header(late)
     assert head["code"] == "shutting_down"
     thread.join(30)
-    assert np.array_equal(outcome["vectors"], np.concatenate([reference["esm2"]] * 15))
+    assert np.array_equal(outcome["vectors"], models["esm2"].embed(big))
     assert sidecar.wait_exit(15) == 0
     assert not sidecar.endpoint_file.exists() and not socket_dir.exists()
     assert "SIGTERM received" in sidecar.log.read_text()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sidecar import protocol
-from sidecar.backends import make_backend
+from sidecar.backends import WHOLE_REQUESTS, make_backend
 from sidecar.batcher import Batcher, Job
 from test_sidecar_support import Sidecar, model_args, pools, raw_dealer, recv_header
 
@@ -139,21 +139,26 @@ def test_limits_are_checked_together():
 def test_a_sequence_that_fails_fails_alone_in_a_shared_batch(models):
     """The probe's path: an un-encodable sequence batched with an innocent request failed both (the dedup
     cache hashed the batch's text). The server refuses it at admission now; below admission too, the
-    innocent request batched with it gets its exact vectors."""
-    backend = make_backend("esm2", models["esm2_path"], cache_bytes=2**20).load()
-    innocent_seqs = pools(n=3)["esm2"]
-    batcher = Batcher(max_batch_tokens=10_000)
-    innocent = Job("esm2", ["a", "b", "c"], innocent_seqs, backend.tokenize_many(innocent_seqs)[0], backend.dim)
-    bad = Job("esm2", ["bad"], ["MK\ud800V"], [6], backend.dim)
-    batcher.submit(bad)
-    batcher.submit(innocent)
-    batch = batcher.next_batch(0)
-    assert len(batch) == 4  # one batch holds both requests
-    matrix, errors = backend.collect(backend.launch_rows(batch.seqs, batch.token_ids))
-    finished = batcher.complete(batch, matrix, errors)
-    assert set(finished) == {bad, innocent}
-    assert bad.error and "KeyError" in bad.error and innocent.error is None
-    assert np.array_equal(innocent.result, models["esm2"].embed(innocent_seqs))
+    innocent request batched with it gets its exact vectors. (Exact ESM-2 batches no request with another:
+    the bad request fails alone in its own batch.)"""
+    for model, innocent_seqs, bad_seq, whole in (("dnabert_s", pools(n=3)["dnabert_s"], "AC\ud800GT", ()),
+                                                 ("esm2", pools(n=3)["esm2"], "MK\ud800V", WHOLE_REQUESTS["exact"])):
+        source = models["esm2_path" if model == "esm2" else "dnabert_path"]
+        backend = make_backend(model, source, cache_bytes=2**20).load()
+        batcher = Batcher(max_batch_tokens=10_000, whole_jobs=whole)
+        innocent = Job(model, ["a", "b", "c"], innocent_seqs, [len(s) + 2 for s in innocent_seqs], backend.dim)
+        bad = Job(model, ["bad"], [bad_seq], [6], backend.dim)
+        batcher.submit(bad)
+        batcher.submit(innocent)
+        finished = []
+        while len(finished) < 2:
+            batch = batcher.next_batch(0)
+            assert len(batch) == (4 if not whole else 1 if batch.parts[0][0] is bad else 3), model
+            matrix, errors = backend.collect(backend.launch_rows(batch.seqs, batch.token_ids))
+            finished += batcher.complete(batch, matrix, errors)
+        assert set(finished) == {bad, innocent}
+        assert bad.error and innocent.error is None, bad.error
+        assert np.array_equal(innocent.result, models[model].embed(innocent_seqs))
 
 
 # ---- process: a real server -------------------------------------------------------------------

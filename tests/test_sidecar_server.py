@@ -59,7 +59,7 @@ def test_ipc_socket_is_private(shared):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
-def test_single_requests_match_in_process_embedding(shared, reference):
+def test_single_requests_match_in_process_embedding(shared, models, reference):
     shared.wait_ready()
     with shared.client() as client:
         for model, seqs in pools().items():
@@ -67,20 +67,21 @@ def test_single_requests_match_in_process_embedding(shared, reference):
             assert got.dtype == np.float32
             assert np.array_equal(got, reference[model])
             whole = client.embed(model, [f"s{i}" for i in range(len(seqs))], seqs)
-            assert np.array_equal(whole, reference[model])
+            assert np.array_equal(whole, models[model].embed(seqs))  # exact ESM-2: the original's batches
 
 
 def test_large_inputs_are_split_into_several_requests(shared, reference):
+    """(Exact ESM-2 is split into the original's batches instead: test_exact_batching.)"""
     shared.wait_ready()
-    seqs = pools()["esm2"]
+    seqs = pools()["dnabert_s"]
     with shared.client(max_request_seqs=7, window=2) as client:
-        before = client.status()["models"]["esm2"]["requests"]
-        got = client.embed("esm2", [f"x{i}" for i in range(len(seqs))], seqs)
-        assert client.status()["models"]["esm2"]["requests"] - before == 6  # ceil(40 / 7)
-    assert np.array_equal(got, reference["esm2"])
+        before = client.status()["models"]["dnabert_s"]["requests"]
+        got = client.embed("dnabert_s", [f"x{i}" for i in range(len(seqs))], seqs)
+        assert client.status()["models"]["dnabert_s"]["requests"] - before == 6  # ceil(40 / 7)
+    assert np.array_equal(got, reference["dnabert_s"])
 
 
-def test_64_clients_20_requests_each_get_their_own_vectors(shared, reference):
+def test_64_clients_20_requests_each_get_their_own_vectors(shared, models):
     shared.wait_ready()
     pool = pools()
     context = zmq.Context()
@@ -109,8 +110,8 @@ def test_64_clients_20_requests_each_get_their_own_vectors(shared, reference):
     context.term()
     assert not failures, failures[:3]
     assert len(results) == 64 * 20
-    for model, picks, got in results.values():
-        assert np.array_equal(got, reference[model][picks])  # none lost, none swapped, bit-identical
+    for model, picks, got in results.values():  # none lost, none swapped, bit-identical
+        assert np.array_equal(got, models[model].embed([pool[model][p] for p in picks]))
     print(f"64 x 20 requests in {elapsed:.1f} s")
 
 
@@ -182,7 +183,7 @@ def test_cli_status_and_bad_requests(shared):
 
 # ---- backpressure -----------------------------------------------------------------------------
 
-def test_full_queue_answers_busy_and_clients_retry_until_served(spawn, models, reference):
+def test_full_queue_answers_busy_and_clients_retry_until_served(spawn, models):
     sidecar = spawn(*model_args(models, ["esm2"]), "--max-queued-requests", "1", "--max-batch-tokens", "64")
     sidecar.wait_ready()
     pool = pools()["esm2"]
@@ -195,7 +196,7 @@ def test_full_queue_answers_busy_and_clients_retry_until_served(spawn, models, r
     head, data = recv_header(sock)
     assert head["id"] == "big"
     assert np.array_equal(protocol.decode_result(head, data, [str(i) for i in range(len(big))]),
-                          np.concatenate([reference["esm2"]] * 10))
+                          models["esm2"].embed(big))
 
     busy, failures = [], []
 
@@ -204,7 +205,7 @@ def test_full_queue_answers_busy_and_clients_retry_until_served(spawn, models, r
             with sidecar.client() as client:
                 for r in range(5):
                     got = client.embed("esm2", ["a", "b"], [pool[c], pool[r]])
-                    assert np.array_equal(got, reference["esm2"][[c, r]])
+                    assert np.array_equal(got, models["esm2"].embed([pool[c], pool[r]]))
                 busy.append(client.busy_replies)
         except Exception as exc:
             failures.append(repr(exc))

@@ -110,7 +110,8 @@ def pools(seed=0, n=40):
 
 @pytest.fixture(scope="module")
 def reference(models):
-    """In-process vectors of every pool sequence: the models' own embed, one call per sequence."""
+    """In-process vectors of every pool sequence: the models' own embed, one call per sequence (what a request
+    of that one sequence gets; exact ESM-2 vectors of a larger request depend on its batch mates)."""
     return {model: np.stack([models[model].embed([s])[0] for s in seqs]) for model, seqs in pools().items()}
 
 

@@ -1,7 +1,8 @@
 """In-process embedding of one part, as the original does it: this process loads the models and embeds.
 
-Runs the exact numerics (fp32, one sequence per forward); the packed fp16 `fast` mode exists only in the
-sidecar, so a run that asks for fast mode without a sidecar is refused rather than silently made exact.
+Runs the exact numerics (fp32, TF32 off; ESM-2 in the original's batches of the part, DNABERT-S one
+sequence per forward); the packed fp16 `fast` mode exists only in the sidecar, so a run that asks for fast
+mode without a sidecar is refused rather than silently made exact.
 Every model is loaded before any embeds, so that a bad model file fails the job at once.
 """
 

@@ -26,6 +26,7 @@ from virnucflow.errors import InputError
 from virnucflow.safe_load import TRUST_KEY, sha256_pin
 
 MODES = ("exact", "fast")
+DNABERT_PRECISIONS = ("fp16", "fp16-fp32-residual", "fp32")  # virnucflow.models.mosaicbert_fast says what each is
 # SidecarClient's own defaults for the settings that a client takes (its constructor documents them)
 _CLIENT = {name: p.default for name, p in inspect.signature(SidecarClient).parameters.items()
            if name in ("ready_timeout", "request_timeout", "max_request_timeout", "tries", "heartbeat",
@@ -51,18 +52,25 @@ class EmbeddingSettings:
                                             MODEL_SCOPES, "R", kind=str)
     device: str = _setting("auto", "auto (the first GPU when there is one), cpu, cuda or cuda:N", "embedding.device",
                            (SERVE, IN_PROCESS), kind=str)
-    mode: str = _setting("auto", "numerics: exact = fp32, one sequence per forward, the original's numbers; "
-                         "fast = packed fp16 batches (cosine >= 0.999 to exact); auto = fast on CUDA, exact on CPU",
+    mode: str = _setting("auto", "numerics: exact = fp32, the original's batches (ESM-2: of each part; DNABERT-S: one "
+                         "sequence per forward), the original's numbers; fast = packed fp16 batches (cosine >= 0.999 "
+                         "to exact); auto = fast on CUDA, exact on CPU",
                          "embedding.mode", (SERVE, CLIENT, IN_PROCESS), choices=("auto",) + MODES, kind=str)
+    fast_dnabert_precision: str = _setting("fp16", "fast mode's DNABERT-S numerics: fp16 (LayerNorms and pooling in "
+                                           "fp32), fp16-fp32-residual (the residual stream in fp32 too) or fp32 "
+                                           "(packed, TF32 off)", "embedding.fast_dnabert_precision",
+                                           choices=DNABERT_PRECISIONS, kind=str)
     max_batch_tokens: int | None = _setting(None, "token budget of one compute batch, across requests "
-                                            "(default 4096 in exact mode, 65536 in fast mode)",
+                                            "(default 4096 in exact mode, 65536 in fast mode; exact ESM-2 computes "
+                                            "each request alone, in the original's 2048-token batches)",
                                             "embedding.max_batch_tokens", metavar="N", kind=int)
     max_queued_tokens: int = _setting(4_000_000, "outstanding tokens beyond which requests are answered BUSY",
                                       "embedding.max_queued_tokens", metavar="N", kind=int)
     max_queued_requests: int = _setting(1024, "outstanding requests beyond which requests are answered BUSY",
                                         "embedding.max_queued_requests", metavar="N", kind=int)
     dedup_cache_mb: float = _setting(1024.0, "per model, MB of embeddings kept so that an identical sequence is "
-                                     "embedded once per sidecar lifetime (LRU; 0 disables)",
+                                     "embedded once per sidecar lifetime (LRU; 0 disables; never exact ESM-2, "
+                                     "whose vectors depend on their batch)",
                                      "embedding.dedup_cache_mb", metavar="MB", kind=float)
     dedup_cache_entries: int | None = _setting(None, "per model, at most N cached embeddings (default: bounded by "
                                                "the MB only)", "embedding.dedup_cache_entries", metavar="N", kind=int)

@@ -1,9 +1,10 @@
 """Model backends of the sidecar: load a model once, count its tokens, embed batches safely on a device.
 
 One subclass per model (esm2.py, dnabert_s.py) names its loader; everything device-related lives here:
-the numeric mode (`exact`: the fp32 one-sequence-per-forward path of virnucflow.models, bit-identical to
-the in-process `virnucflow embed`; `fast`: the packed fp16 path of virnucflow.models.*_fast, built on the
-same loaded weights converted once), deduplication of identical sequences through sidecar.cache,
+the numeric mode (`exact`: the fp32 path of virnucflow.models, bit-identical to the in-process `virnucflow
+embed`: DNABERT-S one sequence per forward, ESM-2 in the original's batches of each request, which is
+computed whole, without deduplication and without splitting; `fast`: the packed fp16 path of
+virnucflow.models.*_fast, built on the same loaded weights converted once), deduplication of identical sequences through sidecar.cache,
 the allocator setting that must precede `import torch`, the per-process memory fraction, periodic cache
 release, memory figures, and splitting a batch in halves on CUDA out-of-memory. torch is imported
 lazily so that importing this package costs nothing. No backend knows about sockets.
@@ -16,6 +17,9 @@ from .interface import ExactModel, PackedModel
 
 ALLOC_CONF = "expandable_segments:True"
 MODES = ("exact", "fast")
+# models whose requests are computed whole and alone in a mode: exact ESM-2 forms the original's batches of
+# a request itself (virnucflow.models.esm2), so its vectors depend on the request, not on other requests
+WHOLE_REQUESTS = {"exact": ("esm2",)}
 
 
 def resolve_device(device):
@@ -99,7 +103,7 @@ class Backend:
     key = None  # protocol model name
 
     def __init__(self, source, device="cpu", revision=None, mode="exact", cache_bytes=0, cache_entries=None,
-                 max_batch_tokens=65536, trusted=()):
+                 max_batch_tokens=65536, trusted=(), dnabert_precision="fp16"):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (use {' or '.join(MODES)})")
         self.source = source
@@ -107,10 +111,13 @@ class Backend:
         self.revision = revision
         self.mode = mode
         self.max_batch_tokens = max_batch_tokens
+        self.dnabert_precision = dnabert_precision  # fast DNABERT-S's numerics (models.mosaicbert_fast)
         self.trusted = tuple(trusted)  # sha256s of model files that may be unpickled in full
+        # a request computed as one unit: no row comes from the cache, no batch is cut in halves
+        self.whole_requests = self.key in WHOLE_REQUESTS.get(mode, ())
         from ..cache import EmbeddingCache
 
-        self.cache = EmbeddingCache(cache_bytes, cache_entries)
+        self.cache = EmbeddingCache(0 if self.whole_requests else cache_bytes, cache_entries)
         self._inflight = {}  # content key -> the launched, not yet collected batch that embeds it
         self.model = None  # an ExactModel, or a PackedModel (interface.py)
         self.packed = False
@@ -158,6 +165,9 @@ class Backend:
             if not _is_cuda_oom(exc):
                 raise
             release_cache(self.device)
+            if self.whole_requests:
+                raise SequenceFailed(f"CUDA out of memory on a request of {len(seqs)} sequences, which exact "
+                                     "mode computes in the original's batches") from None
             if len(seqs) == 1:
                 raise SequenceFailed(f"CUDA out of memory on one sequence of {len(seqs[0])} characters") from None
         half = len(seqs) // 2
@@ -274,8 +284,8 @@ class Backend:
         try:
             return self.embed_batch(seqs), {}
         except Exception as exc:
-            if len(seqs) == 1:
-                return None, {0: _one_line(exc)}
+            if len(seqs) == 1 or self.whole_requests:
+                return None, dict.fromkeys(range(len(seqs)), _one_line(exc))
         import numpy as np
 
         out = np.zeros((len(seqs), self.dim), dtype=np.float32)

@@ -1,5 +1,6 @@
 """DNABERT-S backend: the resident MosaicBERT model of virnucflow.models.dnabert_s (exact: fp32, one
-sequence per forward), or in fast mode the packed fp16 FastDnabertS built on those weights."""
+sequence per forward), or in fast mode the packed FastDnabertS built on those weights (fp16 unless
+embedding.fast_dnabert_precision says otherwise)."""
 
 from . import Backend
 
@@ -15,4 +16,5 @@ class DnabertSBackend(Backend):
         from virnucflow.models.mosaicbert_fast import FastDnabertS
 
         return FastDnabertS(load_dnabert_s(self.source, revision=self.revision, device="cpu", trusted=self.trusted),
-                            device=self.device, max_batch_tokens=self.max_batch_tokens)
+                            device=self.device, max_batch_tokens=self.max_batch_tokens,
+                            precision=self.dnabert_precision)

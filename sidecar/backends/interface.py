@@ -1,6 +1,7 @@
 """What a backend needs of a model, written down: the exact models and the packed fast ones.
 
-`ExactModel` is virnucflow.models.esm2.Esm2 and .dnabert_s.DnabertS (fp32, one sequence per forward);
+`ExactModel` is virnucflow.models.esm2.Esm2 (fp32, the original's batches of the sequences given) and
+.dnabert_s.DnabertS (fp32, one sequence per forward);
 `PackedModel` is FastEsm2 and FastDnabertS, which also tokenize once at admission and queue a packed
 batch on the device without waiting for it (`launch` returns a `Pending`). A backend tells them apart
 by this interface, not by the class.

@@ -1,9 +1,9 @@
 """DNABERT-S loading and exact (original-numerics) DNA embedding, plus a tiny model maker.
 
 The original (VirNucPro `units.extract_DNABERT_S`) calls `tokenizer(seq, return_tensors='pt')`
-(defaults: [CLS] ... [SEP], no truncation, no padding), runs ONE sequence per forward in fp32
-without an attention mask, and takes the mean of the last hidden state over ALL tokens, [CLS]
-and [SEP] included. The tokenizer is read with the `tokenizers` library directly (importing
+(defaults: [CLS] ... [SEP], no truncation, no padding), runs ONE sequence per forward in fp32 (TF32
+off: models.numerics) without an attention mask, and takes the mean of the last hidden state over ALL
+tokens, [CLS] and [SEP] included. The tokenizer is read with the `tokenizers` library directly (importing
 transformers costs seconds); the hub `tokenizer.json` enables truncation at 512 tokens, which
 transformers switches off on every call, so it is switched off here too.
 """
@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from virnucflow.errors import InputError
 from virnucflow.model_sources import dnabert_directory
 from virnucflow.models.mosaicbert import MosaicBert, load_mosaicbert
+from virnucflow.models.numerics import exact_numerics
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 
@@ -43,6 +44,7 @@ class DnabertS:
 
     def embed(self, seqs: list[str]) -> np.ndarray:
         """float32 [N, dim]: mean over all tokens of the last hidden state, one per forward."""
+        exact_numerics()
         out = np.empty((len(seqs), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for i, seq in enumerate(seqs):

@@ -10,8 +10,12 @@ i.e. residues 1..min(len, 1024); BOS (position 0), EOS and padding are excluded,
 hands its 1022 to the batch converter, which cuts the input.) fair-esm's forward applies the token-dropout rescaling itself: embeddings are
 multiplied by (1 - 0.15 * 0.8) / (1 - mask ratio) = 0.88 when no token is <mask>.
 
-Exact mode here runs ONE protein per forward (the original's padded batches make a protein's
-vector depend slightly on its batch mates: fair-esm issue 273), fp32, same slice and mean.
+Exact mode here batches as the original does, with fair-esm's own code: the proteins given to `embed`
+(a part, or one sidecar request) in the batches of `FastaBatchedDataset.get_batch_indices(2048,
+extra_toks_per_seq=1)` (sorted by length, so they depend on lengths only), collated by the batch
+converter through a DataLoader, fp32 with TF32 off (models.numerics), same slice and mean. A protein's
+vector depends slightly on its batch mates (padding: fair-esm issue 273), so the same proteins in the
+same batches are what makes the numbers the original's; results come back in input order.
 
 Loading: `esm.pretrained.load_model_and_alphabet_local` fails on torch >= 2.6 and wants a
 contact-regression file, so the checkpoint is read here with torch's weights_only unpickler
@@ -38,8 +42,10 @@ import numpy as np
 import torch
 
 from virnucflow import safe_load
+from sidecar.exact_batches import EXTRA_TOKS_PER_SEQ, TOKS_PER_BATCH
 from virnucflow.errors import InputError
 from virnucflow.model_sources import esm2_checkpoint
+from virnucflow.models.numerics import exact_numerics
 
 TRUNCATION_SEQ_LENGTH = 1024
 _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
@@ -62,17 +68,24 @@ class Esm2:
         return len(protein) + 2
 
     def embed(self, proteins: list[str]) -> np.ndarray:
-        """float32 [N, dim]: mean of the last layer over residues 1..min(len, 1024)."""
+        """float32 [N, dim] in input order: mean of the last layer over residues 1..min(len, 1024), computed
+        in the original's batches of these proteins."""
+        import esm
+
+        if any(not protein for protein in proteins):
+            raise ValueError("cannot embed an empty protein")
+        exact_numerics()
         out = np.empty((len(proteins), self.dim), dtype=np.float32)
+        dataset = esm.FastaBatchedDataset([str(i) for i in range(len(proteins))], proteins)
+        batches = dataset.get_batch_indices(TOKS_PER_BATCH, extra_toks_per_seq=EXTRA_TOKS_PER_SEQ)
+        loader = torch.utils.data.DataLoader(dataset, collate_fn=self.batch_converter, batch_sampler=batches)
         with torch.inference_mode():
-            for i, protein in enumerate(proteins):
-                if not protein:
-                    raise ValueError("cannot embed an empty protein")
-                _, _, tokens = self.batch_converter([("", protein)])
+            for labels, strs, tokens in loader:
                 result = self.model(tokens.to(self.device), repr_layers=[self.layer])
                 representation = result["representations"][self.layer]
-                end = min(TRUNCATION_SEQ_LENGTH, len(protein)) + 1
-                out[i] = representation[0, 1:end].mean(0).cpu().numpy()
+                for i, label in enumerate(labels):
+                    end = min(TRUNCATION_SEQ_LENGTH, len(strs[i])) + 1
+                    out[int(label)] = representation[i, 1:end].mean(0).cpu().numpy()
         return out
 
 
@@ -89,8 +102,10 @@ def read_checkpoint(path: Path, trusted=()) -> dict:
         raise InputError(f"{path}: not a readable ESM-2 checkpoint ({reason}); fetch it again") from None
 
 
-def build_model(data: dict, where: str):
-    """ESM2 + alphabet from checkpoint data, as fair-esm's v2 loader but without random init."""
+def build_model(data: dict, where: str, dtype=torch.float32):
+    """ESM2 + alphabet from checkpoint data, as fair-esm's v2 loader but without random init. The floating
+    weights in `dtype`: fp32 as fair-esm; fp16 for the fast path, which then skips converting the fp16 file
+    to fp32 and back (the same values: fp16 -> fp32 is exact), seconds of a 3B model's start."""
     import esm
     from esm.model.esm2 import ESM2
 
@@ -102,7 +117,7 @@ def build_model(data: dict, where: str):
     except (KeyError, TypeError, AttributeError) as error:
         raise InputError(f"{where} is not a fair-esm ESM-2 checkpoint ({error!r})") from error
     state = {
-        _PREFIX.sub("", key): value.float() if value.is_floating_point() else value
+        _PREFIX.sub("", key): value.to(dtype) if value.is_floating_point() else value
         for key, value in raw_state.items()
     }
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
@@ -124,13 +139,14 @@ def build_model(data: dict, where: str):
     return model, alphabet
 
 
-def load_esm2(source: str, device: str = "cpu", trusted=()) -> Esm2:
+def load_esm2(source: str, device: str = "cpu", trusted=(), dtype=torch.float32) -> Esm2:
     """Load a fair-esm ESM-2 checkpoint (name in the torch hub cache, or .pt path); never downloads.
 
-    trusted: sha256s of checkpoints that may be unpickled in full (see virnucflow.safe_load).
+    trusted: sha256s of checkpoints that may be unpickled in full (see virnucflow.safe_load); dtype: of the
+    floating weights (fp32 for exact mode; see build_model).
     """
     path = esm2_checkpoint(source)
-    model, alphabet = build_model(read_checkpoint(path, trusted), str(path))
+    model, alphabet = build_model(read_checkpoint(path, trusted), str(path), dtype)
     model = model.to(device).eval().requires_grad_(False)
     return Esm2(model, alphabet, path.stem, device)
 

@@ -19,7 +19,10 @@ tokens, [CLS] and [SEP] included), computed differently:
   made it 40% of the GPU time); on CUDA torch.compile fuses it into one pass, and each residual add
   into its LayerNorm.
 
-`dtype=torch.float32` runs the same packed path in fp32 (used on CPU by the agreement test).
+`precision` (the setting embedding.fast_dnabert_precision; PRECISIONS of virnucflow.embedding_settings):
+"fp16" is the above; "fp16-fp32-residual" keeps the residual stream (every LayerNorm's output, which
+each layer adds to) in fp32 and rounds only the inputs of the matrix products and attention to fp16;
+"fp32" runs the same packed path in fp32 (TF32 off). `dtype=torch.float32` is "fp32" (the agreement test).
 """
 
 from __future__ import annotations
@@ -31,24 +34,37 @@ import torch
 import torch.nn.functional as F
 
 from virnucflow.models.mosaicbert import alibi_bias
+from virnucflow.models.numerics import exact_numerics
 from virnucflow.models.packed import Packing, Pending, bucket_attention, launch_in_budgets, pinned
 
 
-def _layer_norm(x, ln):
-    """LayerNorm with fp32 scale and shift over working-dtype x (computed in fp32, returned in x's dtype)."""
-    return F.layer_norm(x.float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(x.dtype)
+_DTYPES = {"fp16": (torch.float16, torch.float16), "fp16-fp32-residual": (torch.float16, torch.float32),
+           "fp32": (torch.float32, torch.float32)}  # precision -> (weights and products, residual stream)
+
+
+def _layer_norm(x, ln, dtype):
+    """LayerNorm with fp32 scale and shift over x (computed in fp32, returned in `dtype`)."""
+    return F.layer_norm(x.float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(dtype)
 
 
 class FastDnabertS:
     """Packed half-precision DNABERT-S; `embed` matches `DnabertS.embed` to cosine >= 0.999."""
 
-    def __init__(self, exact, dtype=torch.float16, device=None, max_batch_tokens=262144, compile=None,
-                 attention="auto"):
+    def __init__(self, exact, dtype=None, device=None, max_batch_tokens=262144, compile=None,
+                 attention="auto", precision="fp16"):
+        if precision not in _DTYPES:
+            raise ValueError(f"unknown DNABERT-S precision {precision!r} (use {', '.join(_DTYPES)})")
+        if dtype is not None:  # a bare dtype: the path all in that dtype
+            self.dtype = self.residual_dtype = dtype
+        else:
+            self.dtype, self.residual_dtype = _DTYPES[precision]
+        self.precision = precision if dtype is None else str(dtype).replace("torch.float", "fp")
+        if self.dtype == torch.float32:
+            exact_numerics()
         self.tokenizer = exact.tokenizer
         self.name = exact.name
         self.dim = exact.dim
         self.device = torch.device(device or exact.device)
-        self.dtype = dtype
         self.max_batch_tokens = max_batch_tokens
         config = exact.model.config
         self.heads = config.num_attention_heads
@@ -58,7 +74,7 @@ class FastDnabertS:
         norms = [model.embeddings.LayerNorm] + [n for layer in model.encoder.layer
                                                 for n in (layer.attention.output.LayerNorm, layer.mlp.layernorm)]
         fp32_norms = [(n.weight.detach().float().clone(), n.bias.detach().float().clone()) for n in norms]
-        self.model = model.to(dtype).to(self.device)
+        self.model = model.to(self.dtype).to(self.device)
         self._post_norms = norms[1:]
         for norm, (weight, bias) in zip(norms, fp32_norms):  # LayerNorm scales and shifts stay fp32 (see above)
             norm.weight = torch.nn.Parameter(weight.to(self.device), requires_grad=False)
@@ -152,23 +168,25 @@ class FastDnabertS:
             return
 
     def forward_packed(self, ids: torch.Tensor, packing: Packing) -> torch.Tensor:
-        """ids [T] (device) -> last hidden states [T, hidden] (working dtype)."""
+        """ids [T] (device) -> last hidden states [T, hidden] (the residual stream's dtype)."""
         m = self.model
         emb = m.embeddings
         x = F.embedding(ids, emb.word_embeddings.weight) + emb.token_type_embeddings.weight[0]
-        x = _layer_norm(x, emb.LayerNorm)
+        x = _layer_norm(x, emb.LayerNorm, self.residual_dtype)  # x: the residual stream
         T, H, D = ids.shape[0], self.heads, self.head_dim
         scale = 1.0 / math.sqrt(D)
         for layer in m.encoder.layer:
             att = layer.attention
-            qkv = F.linear(x, att.self.Wqkv.weight, att.self.Wqkv.bias).view(T, 3, H, D)
+            inputs = x.to(self.dtype)
+            qkv = F.linear(inputs, att.self.Wqkv.weight, att.self.Wqkv.bias).view(T, 3, H, D)
             o = bucket_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], packing, self._alibi, scale=scale,
                                  backends=self._sdpa)
             ln = att.output.LayerNorm
             x = self._add_norm(F.linear(o.reshape(T, -1), att.output.dense.weight, att.output.dense.bias), x,
                                ln.weight, ln.bias)
             mlp = layer.mlp
-            h = self._gated_gelu(F.linear(x, mlp.gate_weight), F.linear(x, mlp.value_weight))
+            inputs = x.to(self.dtype)
+            h = self._gated_gelu(F.linear(inputs, mlp.gate_weight), F.linear(inputs, mlp.value_weight))
             ln = mlp.layernorm
             x = self._add_norm(F.linear(h, mlp.wo.weight, mlp.wo.bias), x, ln.weight, ln.bias)
         return x
@@ -196,7 +214,7 @@ def _add_norm_with(eps):
     that one compiled kernel serves every layer."""
 
     def add_norm(y, x, weight, bias):  # fp32 scale and shift: the sum is normalised in fp32 (one kernel compiled)
-        return F.layer_norm((y + x).float(), weight.shape, weight, bias, eps).to(y.dtype)
+        return F.layer_norm((y + x).float(), weight.shape, weight, bias, eps).to(x.dtype)  # x: the residual stream
 
     return add_norm
 
