@@ -26,7 +26,7 @@ from virnucflow.errors import InputError
 from virnucflow.safe_load import TRUST_KEY, sha256_pin
 
 MODES = ("exact", "fast")
-DNABERT_PRECISIONS = ("fp16", "fp16-fp32-residual", "fp32")  # virnucflow.models.mosaicbert_fast says what each is
+DNABERT_PRECISIONS = ("fp16", "fp16-fp32-residual", "fp16-fp32-attention", "fp32")  # virnucflow.models.mosaicbert_fast says what each is
 # SidecarClient's own defaults for the settings that a client takes (its constructor documents them)
 _CLIENT = {name: p.default for name, p in inspect.signature(SidecarClient).parameters.items()
            if name in ("ready_timeout", "request_timeout", "max_request_timeout", "tries", "heartbeat",
@@ -57,7 +57,8 @@ class EmbeddingSettings:
                          "to exact); auto = fast on CUDA, exact on CPU",
                          "embedding.mode", (SERVE, CLIENT, IN_PROCESS), choices=("auto",) + MODES, kind=str)
     fast_dnabert_precision: str = _setting("fp16", "fast mode's DNABERT-S numerics: fp16 (LayerNorms and pooling in "
-                                           "fp32), fp16-fp32-residual (the residual stream in fp32 too) or fp32 "
+                                           "fp32), fp16-fp32-residual (the residual stream in fp32 too), "
+                                           "fp16-fp32-attention (attention and its ALiBi bias in fp32) or fp32 "
                                            "(packed, TF32 off)", "embedding.fast_dnabert_precision",
                                            choices=DNABERT_PRECISIONS, kind=str)
     max_batch_tokens: int | None = _setting(None, "token budget of one compute batch, across requests "

@@ -22,7 +22,10 @@ tokens, [CLS] and [SEP] included), computed differently:
 `precision` (the setting embedding.fast_dnabert_precision; PRECISIONS of virnucflow.embedding_settings):
 "fp16" is the above; "fp16-fp32-residual" keeps the residual stream (every LayerNorm's output, which
 each layer adds to) in fp32 and rounds only the inputs of the matrix products and attention to fp16;
-"fp32" runs the same packed path in fp32 (TF32 off). `dtype=torch.float32` is "fp32" (the agreement test).
+"fp16-fp32-attention" runs attention (its q, k, v, the ALiBi bias and the softmax) in fp32 and the rest as
+"fp16": in fp16 the ALiBi bias -slope x distance is rounded (to 1/128 at distance 1 of the steepest head,
+to 1/32 from 4 on), the same rounding for every sequence, and a likely source of the shared offset that
+fp16 leaves in the features (docs/benchmarks.md, issue 12); "fp32" runs the same packed path in fp32 (TF32 off). `dtype=torch.float32` is "fp32" (the agreement test).
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ from virnucflow.models.numerics import exact_numerics
 from virnucflow.models.packed import Packing, Pending, bucket_attention, launch_in_budgets, pinned
 
 
-_DTYPES = {"fp16": (torch.float16, torch.float16), "fp16-fp32-residual": (torch.float16, torch.float32),
-           "fp32": (torch.float32, torch.float32)}  # precision -> (weights and products, residual stream)
+# precision -> (weights and products, residual stream, attention)
+_DTYPES = {"fp16": (torch.float16, torch.float16, torch.float16),
+           "fp16-fp32-residual": (torch.float16, torch.float32, torch.float16),
+           "fp16-fp32-attention": (torch.float16, torch.float16, torch.float32),
+           "fp32": (torch.float32, torch.float32, torch.float32)}
 
 
 def _layer_norm(x, ln, dtype):
@@ -55,9 +61,9 @@ class FastDnabertS:
         if precision not in _DTYPES:
             raise ValueError(f"unknown DNABERT-S precision {precision!r} (use {', '.join(_DTYPES)})")
         if dtype is not None:  # a bare dtype: the path all in that dtype
-            self.dtype = self.residual_dtype = dtype
+            self.dtype = self.residual_dtype = self.attention_dtype = dtype
         else:
-            self.dtype, self.residual_dtype = _DTYPES[precision]
+            self.dtype, self.residual_dtype, self.attention_dtype = _DTYPES[precision]
         self.precision = precision if dtype is None else str(dtype).replace("torch.float", "fp")
         if self.dtype == torch.float32:
             exact_numerics()
@@ -103,7 +109,8 @@ class FastDnabertS:
         if bias is None:
             # rows padded to a multiple of 16 elements: the memory-efficient kernel wants aligned bias rows and
             # would otherwise pad a copy on every call
-            padded = torch.zeros((1, self.heads, length, -(-length // 16) * 16), dtype=self.dtype, device=self.device)
+            padded = torch.zeros((1, self.heads, length, -(-length // 16) * 16), dtype=self.attention_dtype,
+                                 device=self.device)
             bias = padded[..., :length]
             bias.copy_(alibi_bias(self.heads, length, self.device))
             if len(self._bias) < 4096:
@@ -127,7 +134,7 @@ class FastDnabertS:
             g = torch.Generator(device=self.device).manual_seed(0)
             lengths = [9, 9, 5]
             q, k, v = (torch.randn(sum(lengths), self.heads, self.head_dim, generator=g, device=self.device)
-                       .to(self.dtype) for _ in range(3))
+                       .to(self.attention_dtype) for _ in range(3))
             packing = Packing(lengths, self.device)
             a = bucket_attention(q, k, v, packing, self._alibi, backends=[SDPBackend.EFFICIENT_ATTENTION])
             b = bucket_attention(q.float(), k.float(), v.float(), packing, lambda n: self._alibi(n).float(),
@@ -179,8 +186,9 @@ class FastDnabertS:
             att = layer.attention
             inputs = x.to(self.dtype)
             qkv = F.linear(inputs, att.self.Wqkv.weight, att.self.Wqkv.bias).view(T, 3, H, D)
-            o = bucket_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], packing, self._alibi, scale=scale,
-                                 backends=self._sdpa)
+            a = self.attention_dtype
+            o = bucket_attention(qkv[:, 0].to(a), qkv[:, 1].to(a), qkv[:, 2].to(a), packing, self._alibi,
+                                 scale=scale, backends=self._sdpa).to(self.dtype)
             ln = att.output.LayerNorm
             x = self._add_norm(F.linear(o.reshape(T, -1), att.output.dense.weight, att.output.dense.bias), x,
                                ln.weight, ln.bias)
