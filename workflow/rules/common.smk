@@ -13,6 +13,8 @@ from snakemake.utils import validate
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
 from virnucflow.model_check import check_classifier, check_dnabert_s, check_esm2
+from virnucflow.predictions import batch_window, score_jobs
+from virnucflow.shards import shard_bytes, shard_count
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -43,6 +45,7 @@ def _read_samples(path):
 
 SAMPLES = _read_samples(config["samples"])
 CHUNK_SIZE = config["chunk_size"]
+SHARD_MB = config["shard_mb"]
 MODELS = config["models"]
 DEMO_DIR = "resources/demo_models"
 if str(CHUNK_SIZE) not in {str(k) for k in MODELS["classifiers"]}:
@@ -58,6 +61,7 @@ CLASSIFIER = MODELS["classifiers"].get(
 wildcard_constraints:
     sample="|".join(re.escape(s) for s in SAMPLES),
     k=r"\d+",
+    shard=r"\d+",
 
 
 def keep(path):
@@ -82,11 +86,47 @@ def part_numbers(wildcards):
         return [str(k) for k in range(1, json.load(handle)["parts"] + 1)]
 
 
-def merged_parts(wildcards):
+def prepared_shards(wildcards):
+    """The shards' chunked and kept-frame files of a sample, in shard order (their number follows
+    from the input file's size: virnucflow/shards.py)."""
+    n = shard_count(os.path.getsize(SAMPLES[wildcards.sample]), shard_bytes(SHARD_MB))
+    pattern = "results/{sample}/prepared/shard_{i}.{name}"
+    return {
+        key: [
+            pattern.format(sample=wildcards.sample, i=i, name=name)
+            for i in range(1, n + 1)
+        ]
+        for key, name in (
+            ("chunked", "chunked.fa"),
+            ("nucleotide", "nucleotide.fa"),
+            ("protein", "protein.faa"),
+        )
+    }
+
+
+def classify_window_parts(wildcards):
+    """The parts whose rows share a batch of the classifier with the rows that the scoring job
+    starting at part k scores (first, last)."""
+    return batch_window(
+        int(wildcards.k), config["records_per_file"], len(part_numbers(wildcards))
+    )
+
+
+def classify_window(wildcards):
+    first, last = classify_window_parts(wildcards)
     return expand(
         "results/{sample}/merged/output_{k}_merged.pt",
         sample=wildcards.sample,
-        k=part_numbers(wildcards),
+        k=range(first, last + 1),
+    )
+
+
+def part_scores(wildcards):
+    """The scored rows of a sample: one file per part (per scoring job when parts are tiny)."""
+    return expand(
+        "results/{sample}/scores/output_{k}.tsv",
+        sample=wildcards.sample,
+        k=score_jobs(len(part_numbers(wildcards)), config["records_per_file"]),
     )
 
 
@@ -169,7 +209,7 @@ SETTINGS_FILE = ".virnucflow/embedding_settings.json"
 @functools.cache
 def preflight_models():
     """Stop before any work when a configured model is missing or is not the model its key claims.
-    The input function of the first step (chunk) calls it, so a run that only fetches the models
+    The input function of the first step (shard) calls it, so a run that only fetches the models
     is not checked; the demo's models are made by the workflow, and cluster jobs were checked by the
     run that submitted them."""
     if config["demo_models"] or workflow.remote_exec:
