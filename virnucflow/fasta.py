@@ -52,18 +52,20 @@ def _open_text(path):
     return io.TextIOWrapper(raw, encoding="ascii", errors="strict", newline=None), stored_position
 
 
-def read_fasta(path, nucleotide=False, offsets=False):
+def read_fasta(path, nucleotide=False, offsets=False, unique=True):
     """Yield (record_id, sequence) for each record, raising InputError on anything that is not FASTA.
 
     Records of length zero are yielded (the caller decides); duplicate ids are an error because
     every downstream step keys on them. With `nucleotide`, a record that looks like protein is an
     error (see the module docstring). The last record is yielded only after the whole file has
     been read and found unchanged, so a consumer that stops at the last record still gets the check.
-    With `offsets`, yield (record_id, sequence, offset): where the record's header starts in the
-    file as stored (characters of a plain file; of a gzipped one, compressed bytes read so far).
+    `unique=False` skips the duplicate check, whose set of ids grows with the file: for the workflow's
+    own files, whose ids were checked in the input. With `offsets`, yield (record_id, sequence,
+    offset): where the record's header starts in the file as stored (characters of a plain file; of
+    a gzipped one, compressed bytes read so far).
     """
     check = _check_nucleotide if nucleotide else _no_check
-    seen = set()
+    seen = set() if unique else None
     record_id, lines, line_no, offset, consumed = None, [], 0, 0, 0
     with unchanged_while_read(path):
         try:
@@ -137,6 +139,8 @@ def _record_id(path, line_no, line, seen):
     if not fields:
         raise InputError(f"{path}: line {line_no} is a header with no id; give every record a name")
     record_id = fields[0]
+    if seen is None:
+        return record_id
     if record_id in seen:
         raise InputError(
             f"{path}: record id '{record_id}' (line {line_no}) appears twice; make the ids unique"

@@ -82,7 +82,7 @@ def prepare_shard(shard_fa, chunk_size, chunked, nucleotide, protein):
     with contextlib.ExitStack() as stack:
         tmp = [stack.enter_context(atomic_path(p)) for p in (chunked, nucleotide, protein)]
         out_chunks, out_nuc, out_prot = (stack.enter_context(open(t, "w")) for t in tmp)
-        records = read_fasta(shard_fa) if Path(shard_fa).stat().st_size else iter(())
+        records = read_fasta(shard_fa, unique=False) if Path(shard_fa).stat().st_size else iter(())
         for chunk_id, seq in counted(chunk_records(records, chunk_size), "prepare", "chunks written"):
             write_fasta(out_chunks, [(chunk_id, seq)], width=60)
             n_chunks += 1

@@ -18,7 +18,7 @@ def _records_or_none(path):
     """Records of a FASTA that may legitimately be empty (our own translate output), streamed."""
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         return iter(())
-    return read_fasta(path)
+    return read_fasta(path, unique=False)  # ids were checked in the input; a set of all would grow
 
 
 def part_count(n_records, records_per_file):
