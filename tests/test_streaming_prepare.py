@@ -88,6 +88,9 @@ def test_shards_follow_the_records_position_in_the_file(tmp_path):
     for i in range(1, 11):  # 10 records per shard, in input order
         ids = [line[1:] for line in (tmp_path / "shards" / shard_name(i)).read_text().splitlines()[::2]]
         assert ids == [f"s{j:02d}" for j in range((i - 1) * 10, i * 10)]
+    # the count the workflow planned wins (a file that grew since): the records past it go to the last
+    assert write_shards(fasta, tmp_path / "planned", 1060, n=4) == 4
+    assert (tmp_path / "planned" / shard_name(4)).read_text().count(">") == 70
 
 
 @pytest.mark.unit

@@ -46,7 +46,7 @@ def cmd_translate(args):
 def cmd_shard(args):
     from virnucflow.shards import shard_bytes, write_shards
 
-    n = write_shards(args.input, args.out_dir, shard_bytes(args.shard_mb))
+    n = write_shards(args.input, args.out_dir, shard_bytes(args.shard_mb), args.shards)
     logging.info("cut %s into %d shard(s) in %s", args.input, n, args.out_dir)
 
 
@@ -270,6 +270,7 @@ def build_parser():
 
     p = sub.add_parser("shard", help="cut a sample by records into shards of about --shard-mb MB of its file")
     p.add_argument("--shard-mb", type=float, required=True, help="MB of the input file (as stored) per shard")
+    p.add_argument("--shards", type=int, default=None, help="write exactly this many (default: from the file's size)")
     p.add_argument("input", help="FASTA, plain or gzipped")
     p.add_argument("out_dir", help="directory for shard_1.fa .. shard_<n>.fa")
     p.set_defaults(func=cmd_shard)

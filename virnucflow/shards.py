@@ -57,13 +57,15 @@ def _atomic_dir(target):
         raise
 
 
-def write_shards(fasta, out_dir, shard_bytes):
+def write_shards(fasta, out_dir, shard_bytes, n=None):
     """Cut `fasta` into out_dir/shard_<i>.fa, i = 1..n (the rule above); return n.
 
+    `n` is the count that the workflow planned (from the file's size when it read the sample sheet):
+    the records past shard n go to shard n, so none is lost if the file has grown since.
     The input is read once, with every check of read_fasta (a bad record is one line naming it);
     on any error nothing is left in out_dir's place.
     """
-    n = shard_count(Path(fasta).stat().st_size, shard_bytes)
+    n = n or shard_count(Path(fasta).stat().st_size, shard_bytes)
     with _atomic_dir(out_dir) as tmp, contextlib.ExitStack() as stack:
         handles = [stack.enter_context(open(tmp / shard_name(i), "w")) for i in range(1, n + 1)]
         non_empty = 0

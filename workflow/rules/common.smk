@@ -86,10 +86,16 @@ def part_numbers(wildcards):
         return [str(k) for k in range(1, json.load(handle)["parts"] + 1)]
 
 
+def shards_of(wildcards):
+    """How many shards a sample makes: from its file's size (virnucflow/shards.py)."""
+    return shard_count(
+        os.path.getsize(SAMPLES[wildcards.sample]), shard_bytes(SHARD_MB)
+    )
+
+
 def prepared_shards(wildcards):
-    """The shards' chunked and kept-frame files of a sample, in shard order (their number follows
-    from the input file's size: virnucflow/shards.py)."""
-    n = shard_count(os.path.getsize(SAMPLES[wildcards.sample]), shard_bytes(SHARD_MB))
+    """The shards' chunked and kept-frame files of a sample, in shard order."""
+    n = shards_of(wildcards)
     pattern = "results/{sample}/prepared/shard_{i}.{name}"
     return {
         key: [

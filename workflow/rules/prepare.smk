@@ -14,8 +14,9 @@ rule shard:
         "../envs/virnucflow.yaml"
     params:
         mb=SHARD_MB,
+        n=shards_of,
     shell:
-        "virnucflow shard --shard-mb {params.mb} {input} {output} > {log} 2>&1"
+        "virnucflow shard --shard-mb {params.mb} --shards {params.n} {input} {output} > {log} 2>&1"
 
 
 rule prepare_shard:
