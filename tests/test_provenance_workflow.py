@@ -21,7 +21,7 @@ from workflow_runs import DEMO_DATA, job_counts, snakemake, wait_for, write_conf
 
 # a re-embed splits the temp() parts again and starts a sidecar
 EMBED_RULES = {"embedding_identity", "split_parts", "sidecar", "embed", "merge"}
-CLASSIFY_ON = {"classify", "run_info", "contig_calls", "score_tracks", "report_plots", "all"}
+CLASSIFY_ON = {"classify_part", "classify", "run_info", "contig_calls", "score_tracks", "report_plots", "all"}
 
 
 def sha256(path):
@@ -87,7 +87,7 @@ def test_each_change_reruns_exactly_what_it_affects(run, tmp_path):
     assert plan(workdir, config, embedding={"mode": "fast"}) == EMBED_RULES | CLASSIFY_ON | {"embedding_settings"}
     # same models, same mode: the settings file is written again, no vector is
     assert plan(workdir, config, embedding={"sidecar": False, "idle_timeout": 5}) == {"embedding_settings"}
-    assert {"chunk", "translate"} <= plan(workdir, config, chunk_size=300)
+    assert {"shard", "prepare_shard", "concatenate_shards"} <= plan(workdir, config, chunk_size=300)
 
 
 @pytest.mark.workflow

@@ -33,7 +33,7 @@ def test_many_samples_gzipped_or_plain_are_all_planned(tmp_path):
     (tmp_path / "samples.tsv").write_text("sample\tfasta\n" + "\n".join(rows) + "\n")
     out = snakemake(tmp_path, "-n", "-p", "--cores", "2").stdout
     stats = dict(line.split() for line in out.split("Job stats:")[1].splitlines()[3:] if len(line.split()) == 2)
-    assert stats["contig_calls"] == stats["score_tracks"] == stats["chunk"] == "13"
+    assert stats["contig_calls"] == stats["score_tracks"] == stats["shard"] == "13"
     assert stats["report_plots"] == "1"
     assert "--min-viral-fraction 0.25" in out and "--top 3" in out
     assert "--sample report results/report" in out

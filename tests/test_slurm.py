@@ -156,7 +156,7 @@ def test_slurm_results_equal_a_local_runs(slurm_run, local_reference):
 def test_slurm_ran_every_job(slurm_run):
     workdir, output, _ = slurm_run
     jobids = slurm_jobids(output)
-    # everything but the local rules (all, sidecar) went to SLURM: chunk, translate, split, embed, merge...
+    # everything but the local rules (all, sidecar) went to SLURM: shard, prepare, split, embed, merge...
     assert len(jobids) >= 14, output[-3000:]
     records = jobcomp_records()
     for jobid in jobids:
@@ -164,7 +164,7 @@ def test_slurm_ran_every_job(slurm_run):
     # one SLURM job per job of the run, but for the two local rules (all, and the sidecar rule that submits)
     ran = re.findall(r"^(?:rule|checkpoint) (\w+):$", output, re.M)
     assert len(jobids) == len([r for r in ran if r not in ("all", "sidecar")]), (jobids, ran)
-    for rule in ("make_demo_models", "chunk", "translate", "split_parts", "embed", "merge", "classify"):
+    for rule in ("make_demo_models", "shard", "prepare_shard", "split_parts", "embed", "merge", "classify_part", "classify"):
         assert rule in ran, rule
 
 

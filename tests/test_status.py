@@ -31,6 +31,9 @@ def running_layout(root):
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "virus_contigs.tsv"):
         touch(res / "s3" / name)
     touch(res / "s3/merged/output_1_merged.pt")
+    for i in (1, 2, 3):
+        touch(res / f"s4/shards/shard_{i}.fa")
+    touch(res / "s4/prepared/shard_2.protein.faa")
     touch(root / "logs/s2/chunk.log", "2026-01-01 virnucflow INFO chunk: 200000 chunks written (50000/s)\n")
     touch(root / ".snakemake/log/2026-01-01T000000.snakemake.log",
           "Job stats: ...\n3 of 12 steps (25%) done\n5 of 14 steps (36%) done\n")
@@ -48,16 +51,17 @@ def test_status_of_a_run_in_progress(tmp_path):
     wf = report["workflow"]
     assert (wf["done"], wf["total"], wf["percent"], wf["locked"], wf["failed"]) == (5, 14, 36, True, False)
     assert wf["running"] == ["results/s1/embeddings/output_3_DNABERT_S.npz"]
-    s1, s2, s3 = report["samples"]
+    s1, s2, s3, s4 = report["samples"]
     assert (s1["parts"], s1["embedded"], s1["merged"], s1["classified"]) == (3, 2, 1, False)
     assert s1["stage"] == "embedding (2/3 parts embedded, 1 merged)"
     assert s2["stage"] == "translating" and "200000 chunks written" in s2["last_log"]
     assert s3["stage"] == "done" and s3["parts"] == 1
+    assert s4["stage"] == "preparing (1/3 shards chunked and translated)"
     assert "not a virnucflow-sidecar endpoint file" in report["sidecars"][str(tmp_path / ".virnucflow/sidecar/gpu0.json")]["error"]
 
     text = run_cli("status", "-d", str(tmp_path)).stdout
     assert "workflow: running; 5 of 14 steps (36%) done" in text
-    assert "samples done: 1 of 3" in text
+    assert "samples done: 1 of 4" in text
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("s")}
     assert rows["s1"] == ["yes", "yes", "3", "2/3", "1/3", "-", "-"]
     assert rows["s3"] == ["yes", "yes", "1", "1/1", "1/1", "yes", "yes"]

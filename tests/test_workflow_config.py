@@ -12,7 +12,7 @@ pytestmark = pytest.mark.process
 def test_dry_run_plans_the_whole_pipeline(tmp_path, sidecar):
     write_config(tmp_path, embedding={"sidecar": sidecar})
     out = snakemake(tmp_path, "-n", "--cores", "2").stdout
-    for rule in ("make_demo_models", "chunk", "translate", "count_parts", "classify"):
+    for rule in ("make_demo_models", "shard", "prepare_shard", "concatenate_shards", "count_parts", "classify"):
         assert rule in out
     # the split, the embedding jobs (and the sidecar they need) are planned once the count_parts checkpoint has run
     assert "checkpoint jobs" in out

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from virnucflow import cli
+from virnucflow.classifier import classify_files
 from virnucflow.embedding_files import load_embeddings
-from workflow_runs import DEMO_RUN_SAMPLES, pid_alive, snakemake, wait_for
+from virnucflow.predictions import score_jobs
+from workflow_runs import DEMO_DATA, DEMO_RUN_SAMPLES, pid_alive, snakemake, wait_for
 
 pytestmark = pytest.mark.workflow
 
@@ -72,3 +75,27 @@ def test_a_sample_without_kept_frames_gets_header_only_results(demo_run):
     out = demo_run / "results/nothing"
     assert (out / "prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
     assert (out / "prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"
+
+
+def test_shards_and_per_part_scores_give_the_one_piece_files(demo_run, tmp_path):
+    """config/demo.yaml cuts the demo's samples into several shards (shard_mb): the sample's files are still
+    those of one chunk and one translate job, and the tables, put together from per-part scores written
+    before them, are those of one classification over all parts."""
+    inputs = {"phage_mix": DEMO_DATA / "phage_mix.fa", "reads_gz": DEMO_DATA / "reads.fa.gz"}
+    for sample, fasta in inputs.items():
+        out, whole = demo_run / "results" / sample, tmp_path / sample
+        shards = len(list((demo_run / "logs" / sample / "prepare").glob("shard_*.log")))
+        assert shards == (4 if sample == "phage_mix" else 1)
+        assert cli.main(["chunk", "--size", "500", str(fasta), str(whole / "chunked.fa")]) == 0
+        assert cli.main(["translate", str(whole / "chunked.fa"), "--nucleotide", str(whole / "identified_nucleotide.fa"),
+                         "--protein", str(whole / "identified_protein.faa")]) == 0
+        for name in ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa"):
+            assert (out / name).read_bytes() == (whole / name).read_bytes(), (sample, name)
+        merged = sorted((out / "merged").glob("output_*_merged.pt"), key=lambda p: int(p.name.split("_")[1]))
+        scores = sorted((out / "scores").glob("output_*.tsv"))
+        assert len(scores) == len(score_jobs(len(merged), 40))  # parts of 40 frames: seven to a job
+        final = (out / "prediction_results.txt").stat().st_mtime_ns
+        assert all(s.stat().st_mtime_ns <= final for s in scores)
+        classify_files(demo_run / "resources/demo_models/500_model.pth", merged, whole)
+        for name in RESULT_FILES:
+            assert (out / name).read_bytes() == (whole / name).read_bytes(), (sample, name)

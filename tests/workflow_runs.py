@@ -175,6 +175,7 @@ def orf_workload(workdir, n_frames, seed=11, **overrides):
     fasta = workdir / "orfs.fa"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
     overrides.setdefault("records_per_file", 1)
+    overrides.setdefault("shard_mb", 64)  # one shard: these runs are about the per-part jobs
     config = write_config(workdir, chunk_size=300, **overrides)
     (workdir / "samples.tsv").write_text(f"sample\tfasta\norfs\t{fasta}\n")
     return config

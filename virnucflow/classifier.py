@@ -37,12 +37,13 @@ csv-style only if they contain a tab, quote or newline. Comparing the float32 va
 equals comparing the re-read decimal texts (shortest round-trip text preserves order). pandas'
 max skips NaN, so a chunk whose scores are all NaN is False.
 
+The tables are written by `virnucflow/predictions.py` (also per part, and put together at the end).
+
 Not reproduced: the original crashes on empty input (we write headers only); its row order
 follows `os.listdir` of the split files (we take the order given); pandas' read_csv would
 mis-parse an id that begins with a double quote. Lines end in '\\n' (pandas writes os.linesep).
 """
 
-import csv
 import hashlib
 import io
 import logging
@@ -60,12 +61,13 @@ from virnucflow import safe_load
 from virnucflow.atomic import atomic_path
 from virnucflow.errors import InputError
 from virnucflow.features import MERGED_DIM, load_merged
+from virnucflow.predictions import (
+    BATCH_SIZE, HIGHEST_NAME, RESULTS_HEADER, RESULTS_NAME, ChunkMaxima, parts_per_job, result_row,
+    write_part_rows,
+)
 
 HIDDEN_DIM = 512
 NUM_CLASS = 2
-BATCH_SIZE = 256
-RESULTS_NAME = "prediction_results.txt"
-HIGHEST_NAME = "prediction_results_highestscore.csv"
 
 # Git blob ids of the original's classifier files (sha1 of b"blob <size>\0" + content).
 KNOWN_MODEL_BLOBS = {
@@ -215,26 +217,34 @@ def predict(state, features):
     return torch.cat(parts) if parts else torch.empty(0, NUM_CLASS)
 
 
+def _scores(probs, n_ids):
+    scores = np.asarray(torch.as_tensor(probs, dtype=torch.float32).cpu(), dtype=np.float32).reshape(-1, NUM_CLASS)
+    if scores.shape[0] != n_ids:
+        raise ValueError(f"{n_ids} ids but {scores.shape[0]} probability rows")
+    return scores
+
+
 def write_predictions(ids, probs, out_dir):
     """Write out_dir/prediction_results.txt and out_dir/prediction_results_highestscore.csv as the original does."""
     ids = list(ids)
-    scores = np.asarray(torch.as_tensor(probs, dtype=torch.float32).cpu(), dtype=np.float32).reshape(-1, NUM_CLASS)
-    if scores.shape[0] != len(ids):
-        raise ValueError(f"{len(ids)} ids but {scores.shape[0]} probability rows")
-    chunks = {}
+    scores = _scores(probs, len(ids))
+    maxima = ChunkMaxima()
     with atomic_path(Path(out_dir) / RESULTS_NAME) as tmp, open(tmp, "w", newline="") as out:
-        out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+        out.write(RESULTS_HEADER)
         for seqid, (p0, p1) in zip(ids, scores):
-            label = "virus" if p1 > p0 else "others"
-            out.write(f"{seqid}\t{label}\t{str(p0)}\t{str(p1)}\n")
-            best = chunks.setdefault(seqid[:-2], [np.nan, np.nan])
-            best[0], best[1] = np.fmax(best[0], p0), np.fmax(best[1], p1)
-    with atomic_path(Path(out_dir) / HIGHEST_NAME) as tmp, open(tmp, "w", newline="") as out:
-        writer = csv.writer(out, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(["Modified_ID", "Is_Virus"])
-        for chunk in sorted(chunks):
-            max1, max2 = chunks[chunk]
-            writer.writerow([chunk, bool(max2 >= max1)])
+            out.write(result_row(seqid, p0, p1))
+            maxima.add(seqid, p0, p1)
+    maxima.write(Path(out_dir) / HIGHEST_NAME)
+
+
+def _read_merged(model_path, classifier, path):
+    merged = load_merged(path)
+    if merged["data"].shape[1] != classifier.input_dim:
+        raise InputError(
+            f"{path}: features have {merged['data'].shape[1]} values per row but {model_path} expects {classifier.input_dim}; "
+            "use the classifier that matches these features"
+        )
+    return merged
 
 
 def classify_files(model_path, merged_paths, out_dir):
@@ -243,19 +253,40 @@ def classify_files(model_path, merged_paths, out_dir):
     merged_paths = list(merged_paths)
     ids, blocks = [], []
     for number, path in enumerate(merged_paths, start=1):
-        merged = load_merged(path)
+        merged = _read_merged(model_path, classifier, path)
         logging.getLogger("virnucflow.progress").info(
             "classify: read part %d of %d (%d frames so far)", number, len(merged_paths), len(ids) + len(merged["ids"]))
-        if merged["data"].shape[1] != classifier.input_dim:
-            raise InputError(
-                f"{path}: features have {merged['data'].shape[1]} values per row but {model_path} expects {classifier.input_dim}; "
-                "use the classifier that matches these features"
-            )
         ids.extend(merged["ids"])
         blocks.append(merged["data"])
     data = torch.cat(blocks) if blocks else torch.empty(0, classifier.input_dim)
     write_predictions(ids, predict(classifier, data), out_dir)
     return len(ids)
+
+
+def classify_part(model_path, window_paths, first_part, part, records_per_file, output):
+    """Score the scoring job's parts (part `part` and, for parts smaller than a batch, the next ones:
+    predictions.parts_per_job) in exactly the batches the one-shot run gives their rows; write their rows.
+
+    `window_paths` are the merged files of parts first_part, first_part+1, ... in order, covering every
+    row that shares a batch with those rows (predictions.batch_window). Returns the rows written.
+    """
+    classifier = load_classifier(model_path)
+    ids, blocks = [], []
+    for number, path in enumerate(window_paths, start=first_part):
+        merged = _read_merged(model_path, classifier, path)
+        if number != first_part + len(window_paths) - 1 and len(merged["ids"]) != records_per_file:
+            raise InputError(f"{path}: holds {len(merged['ids'])} rows, not {records_per_file}; rerun the split of this sample")
+        ids.extend(merged["ids"])
+        blocks.append(merged["data"])
+    origin = (first_part - 1) * records_per_file  # the window's first row in the whole sample
+    own_start = (part - first_part) * records_per_file
+    own = slice(own_start, min(len(ids), own_start + parts_per_job(records_per_file) * records_per_file))
+    start = (origin + own.start) // BATCH_SIZE * BATCH_SIZE - origin
+    stop = min(len(ids), -(-(origin + own.stop) // BATCH_SIZE) * BATCH_SIZE - origin)
+    data = torch.cat(blocks) if blocks else torch.empty(0, classifier.input_dim)
+    probs = predict(classifier, data[start:stop])[own.start - start:own.stop - start]
+    write_part_rows(ids[own], _scores(probs, own.stop - own.start), output)
+    return own.stop - own.start
 
 
 @contextmanager

@@ -43,6 +43,29 @@ def cmd_translate(args):
     logging.info("%d chunks, %d frames without a stop codon", chunks, kept)
 
 
+def cmd_shard(args):
+    from virnucflow.shards import shard_bytes, write_shards
+
+    n = write_shards(args.input, args.out_dir, shard_bytes(args.shard_mb), args.shards)
+    logging.info("cut %s into %d shard(s) in %s", args.input, n, args.out_dir)
+
+
+def cmd_prepare_shard(args):
+    from virnucflow.shards import prepare_shard
+
+    chunks, kept = prepare_shard(args.input, args.size, args.chunked, args.nucleotide, args.protein)
+    logging.info("%s: %d chunks of up to %d bp, %d frames without a stop codon", args.input, chunks, args.size, kept)
+
+
+def cmd_concatenate(args):
+    from virnucflow.shards import concatenate
+
+    for target, sources in ((args.chunked, args.chunked_shards), (args.nucleotide, args.nucleotide_shards),
+                            (args.protein, args.protein_shards)):
+        concatenate(sources, target)
+    logging.info("put %d shard(s) together", len(args.chunked_shards))
+
+
 def cmd_split(args):
     from virnucflow.split import split_parts
 
@@ -91,6 +114,20 @@ def cmd_classify(args):
     from virnucflow.classifier import classify_files
 
     classify_files(args.model, args.merged, args.out_dir)
+
+
+def cmd_classify_part(args):
+    from virnucflow.classifier import classify_part
+
+    n = classify_part(args.model, args.merged, args.first_part, args.part, args.records_per_file, args.output)
+    logging.info("part %d: %d frames scored", args.part, n)
+
+
+def cmd_assemble(args):
+    from virnucflow.predictions import assemble
+
+    assemble(args.part_tables, args.out_dir)
+    logging.info("both tables of %d part(s) written to %s", len(args.part_tables), args.out_dir)
 
 
 def cmd_demo_models(args):
@@ -294,6 +331,27 @@ def build_parser():
     p.add_argument("output")
     p.set_defaults(func=cmd_chunk)
 
+    p = sub.add_parser("shard", help="cut a sample by records into shards of about --shard-mb MB of its file")
+    p.add_argument("--shard-mb", type=float, required=True, help="MB of the input file (as stored) per shard")
+    p.add_argument("--shards", type=int, default=None, help="write exactly this many (default: from the file's size)")
+    p.add_argument("input", help="FASTA, plain or gzipped")
+    p.add_argument("out_dir", help="directory for shard_1.fa .. shard_<n>.fa")
+    p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser("prepare-shard", help="chunk one shard and translate its chunks (chunk + translate, streaming)")
+    p.add_argument("--size", type=int, choices=(300, 500), required=True)
+    p.add_argument("input", help="a shard written by `shard`")
+    p.add_argument("--chunked", required=True)
+    p.add_argument("--nucleotide", required=True)
+    p.add_argument("--protein", required=True)
+    p.set_defaults(func=cmd_prepare_shard)
+
+    p = sub.add_parser("concatenate-shards", help="the sample's chunked and kept-frame files from its shards, in order")
+    for name in ("chunked", "nucleotide", "protein"):
+        p.add_argument(f"--{name}", required=True, help=f"the sample's {name} file")
+        p.add_argument(f"--{name}-shards", nargs="+", required=True, help="the shards' files, in shard order")
+    p.set_defaults(func=cmd_concatenate)
+
     p = sub.add_parser("translate", help="six-frame translation; keep frames without a stop codon")
     p.add_argument("input", help="chunked FASTA")
     p.add_argument("--nucleotide", required=True, help="output FASTA of the kept frames' DNA")
@@ -330,6 +388,20 @@ def build_parser():
     p.add_argument("--out-dir", required=True)
     p.add_argument("merged", nargs="+", help="merged feature files ({'ids', 'data'} .pt)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("classify-part", help="score one part in the one-shot run's batches; write its table rows")
+    p.add_argument("--model", required=True, help="the original 300_model.pth/500_model.pth, or a state dict")
+    p.add_argument("--part", type=int, required=True, help="the part to score (from 1)")
+    p.add_argument("--first-part", type=int, required=True, help="the part of the first merged file given")
+    p.add_argument("--records-per-file", type=int, required=True)
+    p.add_argument("--output", required=True, help="the part's rows of prediction_results.txt, no header")
+    p.add_argument("merged", nargs="+", help="merged files of parts first-part, first-part+1, ... (the batch window)")
+    p.set_defaults(func=cmd_classify_part)
+
+    p = sub.add_parser("assemble-predictions", help="both prediction tables of a sample from its parts' rows")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("part_tables", nargs="+", help="the parts' rows, in part order")
+    p.set_defaults(func=cmd_assemble)
 
     p = sub.add_parser("run-info", help="a sample's run_info.json: what produced its results")
     p.add_argument("--sample", required=True)

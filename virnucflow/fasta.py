@@ -36,37 +36,50 @@ MIN_JUDGED_LETTERS = 20
 
 
 def _open_text(path):
+    """The file as text, and a function that tells how far into the file as stored reading has got
+    (bytes of the compressed stream for gzip, read ahead in blocks)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path in your sample sheet or command")
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    raw = gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="ascii", errors="strict", newline=None)
+    if magic == _GZIP_MAGIC:
+        raw = gzip.open(path, "rb")
+        stored_position = raw.fileobj.tell
+    else:
+        raw = open(path, "rb")
+        stored_position = None
+    return io.TextIOWrapper(raw, encoding="ascii", errors="strict", newline=None), stored_position
 
 
-def read_fasta(path, nucleotide=False):
+def read_fasta(path, nucleotide=False, offsets=False, unique=True):
     """Yield (record_id, sequence) for each record, raising InputError on anything that is not FASTA.
 
     Records of length zero are yielded (the caller decides); duplicate ids are an error because
     every downstream step keys on them. With `nucleotide`, a record that looks like protein is an
     error (see the module docstring). The last record is yielded only after the whole file has
     been read and found unchanged, so a consumer that stops at the last record still gets the check.
+    `unique=False` skips the duplicate check, whose set of ids grows with the file: for the workflow's
+    own files, whose ids were checked in the input. With `offsets`, yield (record_id, sequence,
+    offset): where the record's header starts in the file as stored (characters of a plain file; of
+    a gzipped one, compressed bytes read so far).
     """
     check = _check_nucleotide if nucleotide else _no_check
-    seen = set()
-    record_id, lines, line_no = None, [], 0
+    seen = set() if unique else None
+    record_id, lines, line_no, offset, consumed = None, [], 0, 0, 0
     with unchanged_while_read(path):
         try:
-            with _open_text(path) as fh:
+            fh, stored_position = _open_text(path)
+            with fh:
                 for line_no, line in enumerate(fh, start=1):
                     if "\x00" in line:
                         raise InputError(f"{path}: line {line_no} holds binary data; give a FASTA file (plain or gzipped)")
                     if line.startswith(">"):
                         if record_id is not None:
-                            yield check(path, record_id, "".join(lines))
+                            yield _with_offset(check(path, record_id, "".join(lines)), offset, offsets)
                         record_id = _record_id(path, line_no, line, seen)
                         lines = []
+                        offset = stored_position() if stored_position else consumed
                     elif record_id is None:
                         if line.strip():
                             raise InputError(
@@ -81,6 +94,7 @@ def read_fasta(path, nucleotide=False):
                                 "which is not a nucleotide or IUPAC code; fix or remove the record"
                             )
                         lines.append(chunk)
+                    consumed += len(line)
         except UnicodeDecodeError as exc:
             where = f"after line {line_no}" if line_no else "at its start"
             raise InputError(
@@ -92,8 +106,12 @@ def read_fasta(path, nucleotide=False):
             raise InputError(f"{path}: cannot be read as (gzipped) FASTA: {exc}") from None
         if record_id is None:
             raise InputError(f"{path}: holds no FASTA records; check that it is the right file")
-        last = check(path, record_id, "".join(lines))
+        last = _with_offset(check(path, record_id, "".join(lines)), offset, offsets)
     yield last
+
+
+def _with_offset(record, offset, offsets):
+    return (*record, offset) if offsets else record
 
 
 def _no_check(path, record_id, seq):
@@ -121,6 +139,8 @@ def _record_id(path, line_no, line, seen):
     if not fields:
         raise InputError(f"{path}: line {line_no} is a header with no id; give every record a name")
     record_id = fields[0]
+    if seen is None:
+        return record_id
     if record_id in seen:
         raise InputError(
             f"{path}: record id '{record_id}' (line {line_no}) appears twice; make the ids unique"

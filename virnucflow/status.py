@@ -1,6 +1,6 @@
 """How far a workflow run in a directory has got, read from its files while it runs.
 
-- Per sample, from `results/<sample>/`: chunked, translated, parts split, parts embedded and
+- Per sample, from `results/<sample>/`: shards prepared, chunked, translated, parts split, parts embedded and
   merged (k of n), classified, per-record calls; plus the newest progress line of the step that
   is still going (from `logs/<sample>/`).
 - Overall, from the newest run's `.snakemake/log/*.snakemake.log`: "N of M steps (P%) done"
@@ -58,8 +58,11 @@ def sample_progress(workdir, sample, running=()):
     if n_parts is None:
         n_parts = len(split) if split is not None else (len(merged) if classified else None)
     translated = done(out / "identified_protein.faa") or n_parts is not None
+    sharded = (out / "shards").is_dir() and out / "shards" not in busy
     info = {
         "sample": sample,
+        "shards": len(list((out / "shards").glob("shard_*.fa"))) if sharded else None,
+        "shards_prepared": sum(done(p) for p in (out / "prepared").glob("shard_*.protein.faa")),
         "chunked": done(out / "chunked.fa") or translated,
         "translated": translated,
         "parts": n_parts,
@@ -94,6 +97,8 @@ def _stage(info):
         return "splitting"
     if info["chunked"]:
         return "translating"
+    if info["shards"] is not None:
+        return f"preparing ({info['shards_prepared']}/{info['shards']} shards chunked and translated)"
     return "waiting"
 
 

@@ -1,4 +1,5 @@
-# Merge the two embeddings of each part, then score all parts of a sample with the original classifier.
+# Merge the two embeddings of each part, score each part with the original classifier, then put a
+# sample's tables together.
 
 
 rule merge:
@@ -16,10 +17,36 @@ rule merge:
         "virnucflow merge --dnabert {input.dnabert} --esm {input.esm} --output {output} > {log} 2>&1"
 
 
-rule classify:
+rule classify_part:
+    # Scores one part as soon as it and the parts sharing its batches are merged (the original scores
+    # in batches of 256 rows that run across parts; virnucflow/predictions.py), and writes its rows.
     input:
         unpack(lambda wc: model_files()),
-        merged=merged_parts,
+        merged=classify_window,
+    output:
+        "results/{sample}/scores/output_{k}.tsv",
+    log:
+        "logs/{sample}/classify/output_{k}.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        model=CLASSIFIER,
+        identity=lambda wc: classifier_identity(),
+        first=lambda wc: classify_window_parts(wc)[0],
+        n=config["records_per_file"],
+    shell:
+        "virnucflow classify-part --model {params.model} --part {wildcards.k} "
+        "--first-part {params.first} --records-per-file {params.n} --output {output} "
+        "{input.merged} > {log} 2>&1"
+
+
+rule classify:
+    # The sample's two tables from its parts' rows, in input order; the per-chunk table is computed
+    # over all parts, so a chunk whose frames span a part boundary is judged as in one piece.
+    input:
+        # the demo's models, made by the workflow, are planned from the start (as before the per-part split)
+        unpack(lambda wc: model_files()),
+        scores=part_scores,
     output:
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",
@@ -28,12 +55,9 @@ rule classify:
     conda:
         "../envs/virnucflow.yaml"
     params:
-        model=CLASSIFIER,
-        identity=lambda wc: classifier_identity(),
         out_dir=subpath(output.results, parent=True),
     shell:
-        "virnucflow classify --model {params.model} --out-dir {params.out_dir} "
-        "{input.merged} > {log} 2>&1"
+        "virnucflow assemble-predictions --out-dir {params.out_dir} {input.scores} > {log} 2>&1"
 
 
 rule run_info:

@@ -10,7 +10,9 @@ from virnucflow import preflight
 from virnucflow.config_check import config_problems, fill_defaults, load_schema
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
+from virnucflow.predictions import batch_window, score_jobs
 from virnucflow.sample_sheet import read_sample_sheet
+from virnucflow.shards import shard_bytes, shard_count
 
 
 def checked_samples():
@@ -32,6 +34,7 @@ def checked_samples():
 
 SAMPLES = checked_samples()
 CHUNK_SIZE = config["chunk_size"]
+SHARD_MB = config["shard_mb"]
 MODELS = config["models"]
 DEMO_DIR = "resources/demo_models"
 CLASSIFIER = MODELS["classifiers"].get(
@@ -42,6 +45,7 @@ CLASSIFIER = MODELS["classifiers"].get(
 wildcard_constraints:
     sample="|".join(re.escape(s) for s in SAMPLES),
     k=r"\d+",
+    shard=r"\d+",
 
 
 def keep(path):
@@ -66,11 +70,53 @@ def part_numbers(wildcards):
         return [str(k) for k in range(1, json.load(handle)["parts"] + 1)]
 
 
-def merged_parts(wildcards):
+def shards_of(wildcards):
+    """How many shards a sample makes: from its file's size (virnucflow/shards.py)."""
+    return shard_count(
+        os.path.getsize(SAMPLES[wildcards.sample]), shard_bytes(SHARD_MB)
+    )
+
+
+def prepared_shards(wildcards):
+    """The shards' chunked and kept-frame files of a sample, in shard order."""
+    n = shards_of(wildcards)
+    pattern = "results/{sample}/prepared/shard_{i}.{name}"
+    return {
+        key: [
+            pattern.format(sample=wildcards.sample, i=i, name=name)
+            for i in range(1, n + 1)
+        ]
+        for key, name in (
+            ("chunked", "chunked.fa"),
+            ("nucleotide", "nucleotide.fa"),
+            ("protein", "protein.faa"),
+        )
+    }
+
+
+def classify_window_parts(wildcards):
+    """The parts whose rows share a batch of the classifier with the rows that the scoring job
+    starting at part k scores (first, last)."""
+    return batch_window(
+        int(wildcards.k), config["records_per_file"], len(part_numbers(wildcards))
+    )
+
+
+def classify_window(wildcards):
+    first, last = classify_window_parts(wildcards)
     return expand(
         "results/{sample}/merged/output_{k}_merged.pt",
         sample=wildcards.sample,
-        k=part_numbers(wildcards),
+        k=range(first, last + 1),
+    )
+
+
+def part_scores(wildcards):
+    """The scored rows of a sample: one file per part (per scoring job when parts are tiny)."""
+    return expand(
+        "results/{sample}/scores/output_{k}.tsv",
+        sample=wildcards.sample,
+        k=score_jobs(len(part_numbers(wildcards)), config["records_per_file"]),
     )
 
 
@@ -160,7 +206,7 @@ SETTINGS_FILE = ".virnucflow/embedding_settings.json"
 def preflight_run():
     """Stop before any work, one line each, when a configured model is missing or is not the model its key
     claims, a GPU asked for does not exist, or the disk is too full (virnucflow/preflight.py). The input
-    function of the first step (chunk) calls it, so a run that only fetches the models is not checked; the
+    function of the first step (shard) calls it, so a run that only fetches the models is not checked; the
     demo's models are made by the workflow, and cluster jobs were checked by the run that submitted them;
     under SLURM the GPUs are the sidecar jobs' own."""
     if workflow.remote_exec:

@@ -1,34 +1,62 @@
-# Preparation: chunk the input, translate six frames and keep stop-free ones, split into parts.
+# Preparation, in shards: cut the input by records, chunk and translate each shard in a job of its own,
+# put the shards' files together in input order, then count and split the kept frames into parts.
+# (virnucflow/shards.py gives the sharding rule; the parts never depend on the shards.)
 
 
-rule chunk:
+rule shard:
     input:
         sample_fasta,
     output:
-        "results/{sample}/chunked.fa",
+        keep(directory("results/{sample}/shards")),
     log:
-        "logs/{sample}/chunk.log",
+        "logs/{sample}/shard.log",
+    conda:
+        "../envs/virnucflow.yaml"
+    params:
+        mb=SHARD_MB,
+        n=shards_of,
+    shell:
+        "virnucflow shard --shard-mb {params.mb} --shards {params.n} {input} {output} > {log} 2>&1"
+
+
+rule prepare_shard:
+    # chunk + translate of one shard, streaming; the shards of a sample run in parallel
+    input:
+        "results/{sample}/shards",
+    output:
+        chunked=keep("results/{sample}/prepared/shard_{shard}.chunked.fa"),
+        nucleotide=keep("results/{sample}/prepared/shard_{shard}.nucleotide.fa"),
+        protein=keep("results/{sample}/prepared/shard_{shard}.protein.faa"),
+    log:
+        "logs/{sample}/prepare/shard_{shard}.log",
     conda:
         "../envs/virnucflow.yaml"
     params:
         size=CHUNK_SIZE,
     shell:
-        "virnucflow chunk --size {params.size} {input} {output} > {log} 2>&1"
+        "virnucflow prepare-shard --size {params.size} {input}/shard_{wildcards.shard}.fa "
+        "--chunked {output.chunked} --nucleotide {output.nucleotide} "
+        "--protein {output.protein} > {log} 2>&1"
 
 
-rule translate:
+rule concatenate_shards:
+    # the sample's files, byte for byte those of one chunk and one translate job over the whole sample
     input:
-        "results/{sample}/chunked.fa",
+        unpack(prepared_shards),
     output:
+        chunked="results/{sample}/chunked.fa",
         nucleotide="results/{sample}/identified_nucleotide.fa",
         protein="results/{sample}/identified_protein.faa",
     log:
-        "logs/{sample}/translate.log",
+        "logs/{sample}/concatenate_shards.log",
     conda:
         "../envs/virnucflow.yaml"
+    params:
+        size=CHUNK_SIZE,
     shell:
-        "virnucflow translate {input} --nucleotide {output.nucleotide} "
-        "--protein {output.protein} > {log} 2>&1"
+        "virnucflow concatenate-shards --chunked {output.chunked} --chunked-shards {input.chunked} "
+        "--nucleotide {output.nucleotide} --nucleotide-shards {input.nucleotide} "
+        "--protein {output.protein} --protein-shards {input.protein} > {log} 2>&1"
 
 
 checkpoint count_parts:
@@ -50,6 +78,7 @@ checkpoint count_parts:
 
 
 rule split_parts:
+    # streams the kept frames once and writes each part as soon as it is complete
     input:
         nucleotide="results/{sample}/identified_nucleotide.fa",
         protein="results/{sample}/identified_protein.faa",
