@@ -84,10 +84,11 @@ def job_spans(workdir, since):
         start, end = record.get("starttime"), record.get("endtime")
         if start is None or end is None or start < since:
             continue
-        jobs[(record.get("rule"), record.get("job_hash"), start)] = end
+        key = (record.get("rule"), record.get("job_hash"), tuple(record.get("log") or ()))  # the job, not the file
+        jobs[key] = (min(start, jobs.get(key, (start, end))[0]), max(end, jobs.get(key, (start, end))[1]))
     spans = {}
-    for (rule, _, start), end in jobs.items():
-        spans.setdefault(rule, []).append((start, end))
+    for (rule, _, _), interval in jobs.items():
+        spans.setdefault(rule, []).append(interval)
     return spans
 
 
