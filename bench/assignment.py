@@ -8,8 +8,9 @@ embed`), `--concurrency` at a time as Snakemake's jobs would run, once per mode:
 - static: part k is sent to sidecar k mod 2 (the earlier binding);
 - runtime: each part names both endpoint files, its home (k mod 2) first, and goes to the one that will
   finish it first (sidecar/assign.py).
-Per mode it prints the wall time, the parts and the last end per sidecar, and the tail: from when the first
-sidecar finished its last part to the end of the run, the time during which only one sidecar works.
+Per mode it prints the wall time, the parts and the last end per sidecar, and the tail: the end of the run
+during which a worker sits idle (nothing left to start) while a part still runs, from the first part to
+end after the last one started.
 
     python bench/assignment.py --parts 24 --seqs 200 --concurrency 2 --stopped 0.75 --out assign.json
 """
@@ -151,14 +152,17 @@ def run_parts(parts, sidecar_files, mode, concurrency, out_dir, settings_args):
 
 
 def summarize(records):
+    """Wall time, tail and per-sidecar counts. The tail is the end of the run during which fewer parts ran
+    than could (a worker idle, nothing left to start): from the first end after the last start."""
     wall = max(e for _, e, _ in records)
+    last_start = max(s for s, _, _ in records)
+    tail_from = min(e for _, e, _ in records if e >= last_start)
     by_pid = {}
     for _, end, pid in records:
         entry = by_pid.setdefault(pid, {"parts": 0, "last_end_s": 0.0})
         entry["parts"] += 1
         entry["last_end_s"] = round(max(entry["last_end_s"], end), 3)
-    first_idle = min(e["last_end_s"] for e in by_pid.values()) if len(by_pid) > 1 else wall
-    return {"wall_s": round(wall, 3), "tail_s": round(wall - first_idle, 3), "sidecars": by_pid}
+    return {"wall_s": round(wall, 3), "tail_s": round(wall - tail_from, 3), "sidecars": by_pid}
 
 
 def measure(directory, parts, mode, esm2, dnabert, settings, ns):

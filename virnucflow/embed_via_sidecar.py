@@ -78,8 +78,7 @@ def embed_via_sidecar(ns, settings, parts: dict, labels: dict):
                 client.wait_ready()
                 served = dict(client.served, **{k: client.info.get(k) for k in ("pid", "host", "endpoint")})
                 check_served(settings, served, client.describe())
-                arrays = {model: client.embed(model, ids, seqs, label=labels[model])
-                          for model, (ids, seqs) in parts.items()}
+                arrays = _embed_models(client, chosen, settings, parts, labels)
             return arrays, part_record("sidecar", served)
         except SidecarDied as exc:
             failed.add(chosen)
@@ -87,3 +86,23 @@ def embed_via_sidecar(ns, settings, parts: dict, labels: dict):
                 raise
             print(f"embed: {exc}; sending the part again", file=sys.stderr, flush=True)
     raise AssertionError("unreachable")
+
+
+def _embed_models(client, endpoint_file, settings, parts, labels):
+    """Every model's requests in flight at once, each model on a connection of its own (a client is not
+    thread-safe), so that the sidecar's queue shows the whole part to the next part's choice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sidecar.client import SidecarClient
+
+    def one(model):
+        ids, seqs = parts[model]
+        with SidecarClient(endpoint_file, **settings.client_options()) as own:
+            return own.embed(model, ids, seqs, label=labels[model])
+
+    first, *others = parts
+    with ThreadPoolExecutor(max(len(others), 1)) as pool:
+        futures = {model: pool.submit(one, model) for model in others}
+        arrays = {first: client.embed(first, *parts[first], label=labels[first])}
+        arrays.update({model: future.result() for model, future in futures.items()})
+    return {model: arrays[model] for model in parts}
