@@ -3,9 +3,12 @@ repeated or partial runs (up to date, --until, --forcerun, a rerun after a failu
 to date nor start a sidecar that no embed job needs. One real run with a failing sample, one real rerun,
 the rest dry runs."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from workflow_runs import DEMO_DATA, job_counts, snakemake, write_demo_run_config
 
@@ -17,6 +20,12 @@ def plan(workdir, *args):
     return job_counts(snakemake(workdir, "--cores", "2", "-n", *args).stdout)
 
 
+def sidecar_pids(workdir):
+    """Pids of every sidecar that the runs started, from the server logs ("sidecar[PID]")."""
+    return {int(m) for log in Path(workdir).glob("logs/sidecar/cpu*.server.log")
+            for m in re.findall(r"sidecar\[(\d+)\]", log.read_text())}
+
+
 def result_times(workdir):
     return {p: p.stat().st_mtime_ns for s in OTHERS for p in (Path(workdir) / "results" / s).rglob("*") if p.is_file()}
 
@@ -26,7 +35,10 @@ def failed_then_rerun(tmp_path_factory):
     """The demo's samples plus `broken`, whose FASTA is binary junk: its chunk job fails, the others finish
     (--keep-going). Then the FASTA is repaired and the run repeated."""
     workdir = tmp_path_factory.mktemp("early_start")
-    write_demo_run_config(workdir)
+    config = write_demo_run_config(workdir)
+    settings = yaml.safe_load(config.read_text())
+    settings["embedding"]["cpu_sidecars"] = 2  # two sidecars: the parts go to either, chosen as they run
+    config.write_text(yaml.safe_dump(settings))
     broken = workdir / "broken.fa"
     broken.write_bytes(b"\x00\x01\x02 binary junk\n" * 50)
     with open(workdir / "samples.tsv", "a") as sheet:
@@ -44,7 +56,18 @@ def failed_then_rerun(tmp_path_factory):
 def test_a_fresh_run_plans_the_sidecar_before_any_part_exists(failed_then_rerun):
     fresh = failed_then_rerun["fresh"]
     # the embed jobs are not known yet (they come after the count_parts checkpoint), the sidecar is
-    assert fresh["sidecar"] == 1 and "embed" not in fresh and fresh["chunk"] == 4
+    assert fresh["sidecar"] == 2 and "embed" not in fresh and fresh["chunk"] == 4
+
+
+def test_each_part_went_to_one_of_the_two_sidecars_and_says_which(failed_then_rerun):
+    workdir = failed_then_rerun["workdir"]
+    records = [json.loads(p.read_text()) for p in workdir.glob("results/*/provenance/output_*.json")]
+    assert len(records) >= 5 and {r["device"] for r in records} == {"cpu"}
+    for log in workdir.glob("logs/*/embed/output_*.log"):
+        text = log.read_text()
+        assert "embed: assigned" in text and ".virnucflow/sidecar/cpu0.json" in text
+        assert ".virnucflow/sidecar/cpu1.json" in text, text
+    assert {r["sidecar"]["pid"] for r in records} <= sidecar_pids(workdir)
 
 
 def test_a_rerun_after_a_failure_redoes_only_the_failed_sample(failed_then_rerun):
