@@ -339,14 +339,14 @@ def sidecar_inputs(wildcards):
 def sidecar_early_inputs(wildcards):
     """Start the sidecars with the run, so that the models load while the sample is prepared.
 
-    The input function of a per-sample rule that waits for the count_parts checkpoint (run_info). Only
-    while the sample's checkpoint is incomplete, that is while its embed jobs are still to come, does
-    this job need the sidecars; once the checkpoint is done, Snakemake asks again and gets nothing, and
-    the embed jobs that need a sidecar name it themselves. So a run that embeds nothing (up to date,
-    --until a preparation step, --forcerun classify, a rerun after a failed classify) starts none,
-    and the flags (ancient) make no job rerun. Under SLURM the sidecar jobs are submitted at the start
-    too (docs/architecture.md, "When it starts"), and a flag removed only once no job of the run
-    still needs it keeps the sidecar job alive until the last embed job.
+    The input function of run_info, a per-sample job that Snakemake plans from the start (the embed
+    jobs appear only after the count_parts checkpoint). It needs the sidecars only while the sample's
+    parts.json does not exist, that is while its embed jobs are still to come; otherwise the embed
+    jobs that need a sidecar name it themselves. So a run that embeds nothing (up to date, --until a
+    preparation step, --forcerun classify, a rerun after a failed classify) starts none. The file,
+    not checkpoints.count_parts.get(): Snakemake's first pass takes every checkpoint as incomplete,
+    and a job it marks then stays marked (docs/architecture.md, "The sidecars start with the run").
+    Under SLURM the flag is the sidecar job's endpoint file, removed only once no job still needs it.
     """
     if EXTERNAL_ENDPOINT or not USE_SIDECAR:
         return {}
