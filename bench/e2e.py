@@ -195,7 +195,8 @@ def write_config(workdir, args, inputs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="run this workflow config as it is (its samples and models)")
+    ap.add_argument("--config", help="run this workflow config as it is (its samples and models; absolute "
+                    "paths, since the run is in a fresh work directory)")
     ap.add_argument("--models-dir", help="bench/real_models.py's models (with --size)")
     ap.add_argument("--size", choices=("real", "tiny"), default="real")
     ap.add_argument("--demo", action="store_true", help="the demo's tiny models, made by the workflow")
