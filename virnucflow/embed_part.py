@@ -48,8 +48,10 @@ def add_arguments(parser, transport: str):
     parser.add_argument("--esm-out", metavar="B.npz", help="ESM-2 embedding file to write")
     parser.add_argument("--provenance-out", metavar="P.json", help="the part's provenance record to write")
     side = parser.add_argument_group("sidecar transport")
-    side.add_argument("--endpoint-file", metavar="F", help="the sidecar's endpoint file")
-    side.add_argument("--ensure", action="store_true", help="start a sidecar with these settings if none answers")
+    side.add_argument("--endpoint-file", metavar="F", action="append", help="the sidecar's endpoint file; "
+                      "repeated: the part goes to the one that will finish it first (the least outstanding work)")
+    side.add_argument("--ensure", action="store_true", help="start a sidecar with these settings if none answers "
+                      "at the (first) endpoint file")
     side.add_argument("--watch-pid", type=int, metavar="PID", help="with --ensure: a sidecar started here exits "
                       "when PID is gone")
     side.add_argument("--log", metavar="F", help="with --ensure: the started server's log")

@@ -50,6 +50,9 @@ class EmbeddingSettings:
                                      "SOURCE", kind=str)
     dnabert_revision: str | None = _setting(None, "hub revision (commit) of DNABERT-S", "models.dnabert_s_revision",
                                             MODEL_SCOPES, "R", kind=str)
+    cpu_sidecars: int = _setting(1, "how many sidecars the workflow starts when embedding.device is cpu (one per "
+                                 "GPU otherwise); each part goes to the one that will finish it first",
+                                 "embedding.cpu_sidecars", (), "N", kind=int)
     device: str = _setting("auto", "auto (the first GPU when there is one), cpu, cuda or cuda:N", "embedding.device",
                            (SERVE, IN_PROCESS), kind=str)
     mode: str = _setting("auto", "numerics: exact = fp32, the original's batches (ESM-2: of each part; DNABERT-S: one "

@@ -64,6 +64,7 @@ rule run_info:
     # What produced this sample's results: the models' and the classifier's fingerprints, the
     # numeric mode, the devices, the versions, the chunk size and when the run ended.
     input:
+        unpack(sidecar_early_inputs),
         provenance=provenance_parts,
         results="results/{sample}/prediction_results.txt",
     output:

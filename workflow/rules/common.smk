@@ -246,11 +246,13 @@ def visible_gpus():
 
 
 GPUS = visible_gpus()
-SIDECAR_SLOTS = [f"gpu{g}" for g in GPUS] or ["cpu"]
+N_CPU = SETTINGS.cpu_sidecars
+CPU_SLOTS = ["cpu"] if N_CPU == 1 else [f"cpu{i}" for i in range(N_CPU)]
+SIDECAR_SLOTS = [f"gpu{g}" for g in GPUS] or CPU_SLOTS
 
 
 def sidecar_device(slot):
-    return "cpu" if slot == "cpu" else f"cuda:{slot[3:]}"
+    return "cpu" if slot.startswith("cpu") else f"cuda:{slot[3:]}"
 
 
 def on_slurm():
@@ -268,16 +270,18 @@ def sidecar_slots():
     if not on_slurm():
         return SIDECAR_SLOTS
     if SETTINGS.device == "cpu":
-        return ["cpu"]
+        return CPU_SLOTS
     # one sidecar job per GPU that the run asks for; the submit host's own GPUs do not count
     return [f"gpu{i}" for i in range(len(EMBED.get("gpus") or [0]))]
 
 
-def slot_of(wildcards):
-    """Spread the parts over the sidecars: round robin over (sample, part)."""
+def slots_of(wildcards):
+    """Every sidecar of the run, starting with the part's "home" (round robin over (sample, part)): the part
+    goes to whichever will finish it first when it runs (sidecar/assign.py), the home on a tie, and a
+    client with --ensure restarts its home if it is gone."""
     slots = sidecar_slots()
-    index = list(SAMPLES).index(wildcards.sample) + int(wildcards.k)
-    return slots[index % len(slots)]
+    index = (list(SAMPLES).index(wildcards.sample) + int(wildcards.k)) % len(slots)
+    return slots[index:] + slots[:index]
 
 
 def endpoint_file(slot):
@@ -335,10 +339,40 @@ def classifier_identity():
     return CLASSIFIER if config["demo_models"] else fingerprint(CLASSIFIER)
 
 
+def sidecar_flags():
+    """The `sidecar` rule's outputs, one per sidecar, as inputs that never make their consumer rerun: a
+    flag is made anew whenever a sidecar starts, and its time says nothing about the results.
+    """
+    return {
+        f"sidecar_{slot}": ancient(f"{SIDECAR_DIR}/{slot}.started")
+        for slot in sidecar_slots()
+    }
+
+
 def sidecar_inputs(wildcards):
+    """An embed job needs every sidecar of the run started: it picks one when it runs."""
     if EXTERNAL_ENDPOINT or not USE_SIDECAR:
         return {}
-    return {"sidecar": f"{SIDECAR_DIR}/{slot_of(wildcards)}.started"}
+    return sidecar_flags()
+
+
+def sidecar_early_inputs(wildcards):
+    """Start the sidecars with the run, so that the models load while the sample is prepared.
+
+    The input function of run_info, a per-sample job that Snakemake plans from the start (the embed
+    jobs appear only after the count_parts checkpoint). It needs the sidecars only while the sample's
+    parts.json does not exist, that is while its embed jobs are still to come; otherwise the embed
+    jobs that need a sidecar name it themselves. So a run that embeds nothing (up to date, --until a
+    preparation step, --forcerun classify, a rerun after a failed classify) starts none. The file,
+    not checkpoints.count_parts.get(): Snakemake's first pass takes every checkpoint as incomplete,
+    and a job it marks then stays marked (docs/architecture.md, "The sidecars start with the run").
+    Under SLURM the flag is the sidecar job's endpoint file, removed only once no job still needs it.
+    """
+    if EXTERNAL_ENDPOINT or not USE_SIDECAR:
+        return {}
+    if os.path.exists(f"results/{wildcards.sample}/parts.json"):
+        return {}
+    return sidecar_flags()
 
 
 def embed_args(wildcards):
@@ -351,21 +385,20 @@ def embed_args(wildcards):
     """
     if not USE_SIDECAR:
         return "--transport in-process"
-    slot = slot_of(wildcards)
-    args = f"--transport sidecar --endpoint-file {endpoint_file(slot)}"
-    if EXTERNAL_ENDPOINT or on_slurm():
+    if EXTERNAL_ENDPOINT:
+        return f"--transport sidecar --endpoint-file {EXTERNAL_ENDPOINT}"
+    slots = slots_of(wildcards)
+    args = "--transport sidecar " + " ".join(
+        f"--endpoint-file {endpoint_file(slot)}" for slot in slots
+    )
+    if on_slurm():
         return args
-    return f"{args} --ensure {started_sidecar_options(slot)}"
+    return f"{args} --ensure {started_sidecar_options(slots[0])}"
 
 
 def sidecar_rule_inputs(wildcards):
-    """Under SLURM the sidecar job waits for every sample's parts: its GPU is not held during the
-    preparation, and all per-file jobs are known when it starts, so that the temp() endpoint is
-    removed (and the sidecar job ends) only after the last of them."""
-    inputs = dict(model_files(), settings=ancient(SETTINGS_FILE))
-    if on_slurm():
-        inputs.update({f"parts_{s}": f"results/{s}/parts" for s in SAMPLES})
-    return inputs
+    """Only what a sidecar loads: it starts with the run (sidecar_early_inputs), locally and under SLURM."""
+    return dict(model_files(), settings=ancient(SETTINGS_FILE))
 
 
 def sbatch_args(resources, threads):
@@ -397,7 +430,7 @@ def sidecar_start_command(wildcards, output, resources, threads):
     return (
         f"python {workflow.source_path('../scripts/slurm_sidecar.py')} "
         f"--endpoint-file {output} --job-name virnucflow-sidecar-{slot} "
-        f"--output logs/sidecar/{slot}.slurm.log --device {'cpu' if slot == 'cpu' else 'auto'} "
+        f"--output logs/sidecar/{slot}.slurm.log --device {sidecar_device(slot) if slot.startswith('cpu') else 'auto'} "
         f"--sbatch-args {shlex.quote(sbatch_args(resources, threads))} -- "
         + " ".join([f"--settings-file {SETTINGS_FILE}"] + slot_options(slot))
         + f" --log logs/sidecar/{slot}.server.log"

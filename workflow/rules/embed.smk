@@ -39,15 +39,17 @@ rule embedding_identity:
 if USE_SIDECAR and not EXTERNAL_ENDPOINT:
 
     rule sidecar:
-        # Starts (or finds) the sidecar of one GPU; it answers READY once its models are loaded.
-        # Under SLURM it submits the sidecar as a GPU job of its own, and its output is that job's
-        # endpoint file: removed after the last per-file job, which ends the sidecar job.
+        # Starts (or finds) the sidecar of one GPU; it answers READY once its models are loaded. It runs
+        # at the start of a run that will embed (common.smk, sidecar_early_inputs), so that the models
+        # load during the preparation. Under SLURM it submits the sidecar as a GPU job of its own, and
+        # its output is that job's endpoint file: removed after the last embed job, which ends the job.
         input:
             unpack(sidecar_rule_inputs),
         output:
             temp(f"{SIDECAR_DIR}/{{slot}}.started"),
         log:
             "logs/sidecar/{slot}.start.log",
+        priority: 10  # first of the jobs that are ready: its models load while the others run
         localrule: True
         conda:
             "../envs/virnucflow.yaml"
@@ -58,9 +60,10 @@ if USE_SIDECAR and not EXTERNAL_ENDPOINT:
 
 
 rule embed:
-    # One command, two transports: a thin client of a resident sidecar, or (embedding.sidecar: false)
-    # a job that loads both models itself, as the original does. Either way the part's provenance
-    # record says which models, mode and device made its vectors.
+    # One command, two transports: a thin client of the run's sidecars, which sends the part to the
+    # one that will finish it first, or (embedding.sidecar: false) a job that loads both models itself,
+    # as the original does. Either way the part's provenance record says which models, mode and device
+    # made its vectors.
     input:
         unpack(sidecar_inputs),
         unpack(lambda wc: {} if USE_SIDECAR else model_files()),
