@@ -56,7 +56,7 @@ def failed_then_rerun(tmp_path_factory):
 def test_a_fresh_run_plans_the_sidecar_before_any_part_exists(failed_then_rerun):
     fresh = failed_then_rerun["fresh"]
     # the embed jobs are not known yet (they come after the count_parts checkpoint), the sidecar is
-    assert fresh["sidecar"] == 2 and "embed" not in fresh and fresh["chunk"] == 4
+    assert fresh["sidecar"] == 2 and "embed" not in fresh and fresh["shard"] == 4
 
 
 def test_each_part_went_to_one_of_the_two_sidecars_and_says_which(failed_then_rerun):
@@ -72,12 +72,12 @@ def test_each_part_went_to_one_of_the_two_sidecars_and_says_which(failed_then_re
 
 def test_a_rerun_after_a_failure_redoes_only_the_failed_sample(failed_then_rerun):
     replan, workdir = failed_then_rerun["replan"], failed_then_rerun["workdir"]
-    assert replan["chunk"] == 1 and replan["count_parts"] == 1 and replan.get("sidecar", 0) <= 1, replan
+    assert replan["shard"] == 1 and replan["count_parts"] == 1 and replan.get("sidecar", 0) <= 1, replan
     assert result_times(workdir) == failed_then_rerun["before"], "a finished sample was redone"
     assert (workdir / "results/broken/run_info.json").is_file()
 
 
-@pytest.mark.parametrize("args", [(), ("--until", "translate"), ("--until", "count_parts"),
+@pytest.mark.parametrize("args", [(), ("--until", "concatenate_shards"), ("--until", "count_parts"),
                                   ("--forcerun", "classify"), ("--forcerun", "run_info")])
 def test_repeated_and_partial_runs_embed_nothing_and_start_no_sidecar(failed_then_rerun, args):
     counts = plan(failed_then_rerun["workdir"], *args)
@@ -91,3 +91,4 @@ def test_a_partial_fresh_run_that_embeds_nothing_starts_no_sidecar(tmp_path):
     for args in (("--until", "count_parts"), ("results/phage_mix/parts",)):
         counts = plan(tmp_path, *args)
         assert counts and "sidecar" not in counts, (args, counts)
+
