@@ -34,3 +34,11 @@ def test_status_piped_to_head_ends_quietly_when_the_listing_fills_the_pipe(tmp_p
         f"{sys.executable} -m virnucflow status -d {tmp_path} --no-sidecar | head -1; exit ${{PIPESTATUS[0]}}",
         shell=True, capture_output=True, text=True, executable="/bin/bash")
     assert proc.returncode == 0 and proc.stdout == f"directory: {tmp_path.resolve()}\n" and proc.stderr == ""
+
+
+def test_help_lists_the_users_commands_first():
+    out = subprocess.run([sys.executable, "-m", "virnucflow", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    assert listed[:5] == ["run", "check", "status", "fetch-models", "make-demo-models"], listed
+    assert {"chunk", "embed", "classify"} <= set(listed[5:])

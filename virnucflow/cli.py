@@ -311,11 +311,17 @@ def cmd_run(args):
     return run(args)
 
 
+USER_COMMANDS = ("run", "check", "status", "fetch-models", "make-demo-models")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="virnucflow", description=__doc__)
+    parser = argparse.ArgumentParser(prog="virnucflow", description="Viral short sequences found with ESM-2 and "
+                                     "DNABERT-S, as VirNucPro does. Start with `virnucflow run -h`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"virnucflow {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands", description="the first five are yours; the others are the "
+                                "workflow's steps, which its rules run")
 
     from virnucflow.run_command import add_arguments as add_run_arguments
 
@@ -418,6 +424,9 @@ def build_parser():
 
     _add_report_commands(sub)
     _add_check_command(sub)
+    # --help lists the commands a user types first (a stable sort: each group keeps its order)
+    order = {name: i for i, name in enumerate(USER_COMMANDS)}
+    sub._choices_actions.sort(key=lambda action: order.get(action.dest, len(order)))
     return parser
 
 
