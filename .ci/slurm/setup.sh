@@ -70,6 +70,8 @@ SlurmctldHost=$CTL_HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a batch job requeued after its node failed starts again after this (default 120 s; the multi-host tests)
+AuthInfo=cred_expire=30
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/slurmd/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
