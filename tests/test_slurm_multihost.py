@@ -4,8 +4,9 @@ and UTS namespace with its own address, host name and slurmd, sharing the file s
 One shared run: the demo through the SLURM profile with the sidecar job in partition gpu (vnf-node1 first, then
 vnf-node2) and every per-file job in partition cpu (vnf-node3), set by the profile's resources. Mid-run the
 sidecar's node is lost (its slurmd, the sidecar job and every other process on it killed, its address taken
-down): its clients fail with one line within their (short, configured) timeouts. The rerun completes with a new
-sidecar job on the surviving GPU node, and the results equal the local demo run's. A sidecar job on one node is
+down): its clients fail with one line within their (short, configured) timeouts. SLURM requeues the sidecar job
+(JobRequeue=1, its default), which starts a new sidecar on the surviving GPU node; the rerun completes with it,
+and the results equal the local demo run's. A sidecar job on one node is
 then reached from another: a client whose traffic to it is dropped says which host and port it could not
 reach and what to check, and a client without the CURVE secret gets nothing.
 
