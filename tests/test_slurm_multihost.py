@@ -134,9 +134,10 @@ def lost_node_run(tmp_path_factory):
         lost_at = time.time()
         first_rc = first.wait(timeout=600)
         first_out = (workdir / "snakemake.out").read_text()
-        # the clients' logs as the lost sidecar left them (the rerun writes them again)
+        # the failed clients' logs as the lost sidecar left them (the rerun writes them again); a client that
+        # finished writes nothing there
         failed = {str(p.relative_to(workdir)): (p.read_text(), p.stat().st_mtime - lost_at)
-                  for p in (workdir / "logs").glob("*/embed/*.log") if p.stat().st_mtime > lost_at - 1}
+                  for p in (workdir / "logs").glob("*/embed/*.log") if p.stat().st_size}
         subprocess.run(["scontrol", "update", f"nodename={lost}", "state=down", "reason=lost in a test"],
                        check=True, timeout=30)
         # SLURM requeues the sidecar job; it starts again after CredentialExpire (30 s here, 120 s by default)
