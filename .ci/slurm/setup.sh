@@ -32,6 +32,11 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
+if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then # the multi-host nodes' network
+    say "installing iproute2 and util-linux"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 util-linux >/dev/null
+fi
 
 # A previous run's daemons (ours, by their pid files) are stopped first: this script is idempotent.
 "$(dirname "$0")/teardown.sh" --quiet || true
