@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from virnucflow.demo_models import DNABERT_DIR, ESM2_FILE
-from workflow_runs import REPO, jobcomp_records, slurm_jobids, slurm_problem, slurm_profile, wait_for, write_config
+from workflow_runs import (
+    REPO, jobcomp_records, slurm_config, slurm_jobids, slurm_problem, slurm_profile, wait_for, write_config,
+)
 
 pytestmark = pytest.mark.slurm
 NODES_SH = REPO / ".ci" / "slurm" / "nodes.sh"
@@ -99,8 +101,7 @@ def same_results(a, b):
 
 def jobcomp_all(jobid):
     """Every record of a job in SLURM's job completion log, in order (a requeued job has one per run)."""
-    path = Path(subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
-                .split("JobCompLoc", 1)[1].split("=", 1)[1].split()[0])
+    path = Path(slurm_config("JobCompLoc"))
     records = [dict(tok.split("=", 1) for tok in line.split() if "=" in tok) for line in path.read_text().splitlines()]
     return [r for r in records if r.get("JobId") == jobid]
 
