@@ -111,7 +111,7 @@ case "${1:-}" in
         for _ in $(seq 1 60); do
             state=$(timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null)
             case "$state" in
-                idle) exit 0 ;;
+                idle | mixed | allocated) exit 0 ;; # back, and maybe given a job at once
                 down* | drain* | fail* | "") scontrol update nodename="$node" state=resume 2>/dev/null ;;
             esac
             sleep 0.5
