@@ -14,7 +14,8 @@ fails with one line. While it waits it pings every `heartbeat` seconds: a sideca
 for `silent_timeout` seconds is treated the same way (also on this host, where a stopped process still
 looks alive); a local sidecar whose process is gone ends the wait at once (SidecarDied), unless the
 endpoint file already names a live successor, which then gets the outstanding requests. A refused
-CURVE handshake is one line too.
+CURVE handshake is one line too, and so is a TCP sidecar that no connection ever reached: that line
+names its host and port and what to check (the host is up, reachable from here, the port not blocked).
 
 It sends nothing to a server that may not be the user's own: the endpoint file must be theirs (rendezvous),
 an ipc socket and its directory too (the directory closed to others, and held open while connected so
@@ -56,9 +57,10 @@ class _TryFailed(Exception):
     """This connection gets no answer (silence, a handshake cut short, a successor took over): reconnect and
     send again; `error` is what to raise when the tries run out."""
 
-    def __init__(self, reason, error=SidecarDied):
+    def __init__(self, reason, error=SidecarDied, hint=None):
         super().__init__(reason)
         self.error = error
+        self.hint = hint  # what to check, when it is not "rerun"
 
 
 class _Request:
@@ -140,7 +142,8 @@ class SidecarClient:
         if keys:
             auth.setup_client(sock, keys)
         self.monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                                               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_CONNECTED)
+        self._reached = not endpoint.startswith("tcp://")  # a TCP connection was made on this socket
         sock.connect(endpoint)
         self.sock = sock
         self.poller = zmq.Poller()
@@ -231,6 +234,9 @@ class SidecarClient:
         """Raise SidecarDied if the local sidecar process is gone, _TryFailed if this connection is lost."""
         now = time.monotonic()
         if now - self._last_heard > self.silent_timeout:
+            unreachable = self._unreachable(self.silent_timeout)
+            if unreachable:
+                raise _TryFailed(*unreachable)
             raise _TryFailed(f"answered nothing for {self.silent_timeout:g} s")
         if now - self._last_check < 0.5 or not rendezvous.is_local(self.info):
             return
@@ -260,6 +266,9 @@ class SidecarClient:
         events = dict(self.poller.poll(timeout * 1000))
         if self.monitor in events:
             event = recv_monitor_message(self.monitor)
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._reached = True
+                return None
             name = getattr(event["event"], "name", event["event"])
             if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 raise SidecarError(f"{self.describe()} refused the connection ({name}): wrong or missing secret file")
@@ -293,7 +302,7 @@ class SidecarClient:
     def _give_up_or_reconnect(self, tries_used, reason, doing, error=SidecarDied):
         if tries_used >= self.tries:
             raise error(f"{self.describe()} {reason} while {doing} (tried {tries_used} times); "
-                        f"rerun / use --retries")
+                        f"{getattr(reason, 'hint', None) or 'rerun / use --retries'}")
         self._reconnect()
 
     def _call(self, frames, timeout, doing):
@@ -307,10 +316,23 @@ class SidecarClient:
             try:
                 got = self._receive(min(POLL, max(deadline - time.monotonic(), 0)), doing)
             except _TryFailed as exc:
-                raise exc.error(f"{self.describe()} {exc} while {doing}; rerun / use --retries") from None
+                raise exc.error(f"{self.describe()} {exc} while {doing}; {exc.hint or 'rerun / use --retries'}") from None
             if got and got[0]["id"] == request_id:
                 return got[0]
+        unreachable = self._unreachable(timeout)
+        if unreachable:
+            raise SidecarError(f"{self.describe()} {unreachable[0]} while {doing}; {unreachable[2]}")
         raise SidecarError(f"{self.describe()} did not answer within {timeout:g} s while {doing}")
+
+    def _unreachable(self, seconds):
+        """(why, error, what to check) for a TCP sidecar that no connection has reached; None once one did."""
+        if self._reached:
+            return None
+        host, _, port = str(self.info["endpoint"])[len("tcp://"):].rpartition(":")
+        here = rendezvous.hostname()
+        return (f"could not be reached: no TCP connection to {host} port {port} from {here} in {seconds:g} s",
+                SidecarDied, f"check that {host} is up and reachable from {here}, and that no firewall drops "
+                f"port {port}; then rerun")
 
     # ---- simple requests ----------------------------------------------------------------------
 

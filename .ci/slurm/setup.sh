@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# A real single-node SLURM on this machine, for tests/test_slurm.py: Debian's slurm-wlm 22.05 and munge,
-# configured for localhost, run as root. `.ci/run` starts it before the tests and stops it afterwards
+# A real SLURM on this machine, for tests/test_slurm.py and tests/test_slurm_multihost.py: Debian's slurm-wlm
+# 22.05 and munge, run as root. This machine itself is the node of partition debug, the default: `localhost`,
+# or, when there are more nodes, its host name (SLURM takes `localhost` for the only node).
+# Where network namespaces work, three more nodes, vnf-node1..3, each in its own network and UTS namespace
+# (.ci/slurm/nodes.sh), make the cluster multi-host: partition gpu (vnf-node1, then vnf-node2, each with a
+# stand-in GPU) and partition cpu (vnf-node3). Where they do not, the log says so and the cluster is the one
+# node; the multi-host tests then skip (and fail under CI=true). `.ci/run` starts it before the tests and stops it afterwards
 # (.ci/slurm/teardown.sh). A developer can run both by hand (as root) to run the SLURM tests locally.
 #
 # Settings that work here (../shared/NOTES.md §4): proctrack/linuxproc, task/none, no cgroup.conf,
@@ -15,6 +20,7 @@ STATE=${VIRNUCFLOW_SLURM_STATE:-/var/lib/virnucflow-slurm}
 CONF=/etc/slurm/slurm.conf
 
 say() { echo "slurm setup: $*"; }
+NODES_SH="$(dirname "$0")/nodes.sh"
 
 if [ "$(id -u)" != 0 ]; then
     echo "slurm setup: must run as root (it installs packages and starts daemons)" >&2
@@ -26,9 +32,29 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
+if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then # the multi-host nodes' network
+    say "installing iproute2 and util-linux"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 util-linux >/dev/null
+fi
 
 # A previous run's daemons (ours, by their pid files) are stopped first: this script is idempotent.
 "$(dirname "$0")/teardown.sh" --quiet || true
+
+# The multi-host nodes' network: the controller listens on the bridge address too (vnf-ctl)
+MULTIHOST=
+if bash "$NODES_SH" check; then
+    bash "$NODES_SH" net-up && MULTIHOST=$(bash "$NODES_SH" nodes)
+fi
+if [ -n "$MULTIHOST" ]; then
+    read -r _ CTL_ADDR < <(bash "$NODES_SH" ctl)
+    CTL_HOST="$(hostname -s)($CTL_ADDR)" # its own name (slurmctld checks it), the address the nodes reach
+    HOST_NODE="$(hostname -s) NodeAddr=127.0.0.1"
+else
+    say "network namespaces cannot be made here (ip netns add, veth, unshare --uts): one node only"
+    CTL_HOST=localhost
+    HOST_NODE=localhost
+fi
 
 mkdir -p "$STATE"/{ctld,slurmd,log} /etc/slurm
 rm -f "$STATE"/log/jobcomp.log # the state is cleared below, so job ids start again at 1
@@ -45,16 +71,18 @@ MEM=$((MEM * 95 / 100)) # a margin: a node whose memory is below its configured 
 cat > "$CONF" <<CONF
 # Written by virnucflow's .ci/slurm/setup.sh: a one-node cluster on localhost for the tests.
 ClusterName=virnucflow-ci
-SlurmctldHost=localhost
+SlurmctldHost=$CTL_HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a batch job requeued after its node failed starts again after this (default 120 s; the multi-host tests)
+AuthInfo=cred_expire=30
 StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/slurmd
+SlurmdSpoolDir=$STATE/slurmd/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -75,11 +103,30 @@ OverTimeLimit=0
 MinJobAge=600
 InactiveLimit=0
 GresTypes=gpu
-NodeName=localhost CPUs=$CPUS SocketsPerBoard=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$MEM Gres=gpu:1 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+NodeName=$HOST_NODE CPUs=$CPUS SocketsPerBoard=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$MEM Gres=gpu:1 State=UNKNOWN
+PartitionName=debug Nodes=${HOST_NODE%% *} Default=YES MaxTime=INFINITE State=UP
 CONF
+echo "NodeName=${HOST_NODE%% *} Name=gpu File=/dev/null  # a stand-in GPU: see .ci/slurm/setup.sh" > /etc/slurm/gres.conf
 
-echo "NodeName=localhost Name=gpu File=/dev/null  # a stand-in GPU: see .ci/slurm/setup.sh" > /etc/slurm/gres.conf
+if [ -n "$MULTIHOST" ]; then
+    # vnf-node1 and vnf-node2 hold a stand-in GPU each (the lower weight is used first), vnf-node3 none
+    node() { # node NAME EXTRA...
+        local name=$1
+        shift
+        echo "NodeName=$name CPUs=$CPUS SocketsPerBoard=$SOCKETS CoresPerSocket=$CORES" \
+            "ThreadsPerCore=$THREADS RealMemory=$MEM State=UNKNOWN $*" >> "$CONF"
+    }
+    node vnf-node1 Gres=gpu:1 Weight=1
+    node vnf-node2 Gres=gpu:1 Weight=2
+    node vnf-node3 Weight=3
+    cat >> "$CONF" <<CONF
+PartitionName=gpu Nodes=vnf-node1,vnf-node2 MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes=vnf-node3 MaxTime=INFINITE State=UP
+CONF
+    for name in vnf-node1 vnf-node2; do
+        echo "NodeName=$name Name=gpu File=/dev/null" >> /etc/slurm/gres.conf
+    done
+fi
 
 # munge: its own user, a key made by the package (or here), its socket directory
 if [ ! -s /etc/munge/munge.key ]; then
@@ -98,28 +145,35 @@ fi
 munge -n | unmunge >/dev/null
 
 slurmctld -c
-slurmd -N localhost
-
-say "waiting for the node"
-for _ in $(seq 1 120); do
-    for daemon in slurmctld slurmd; do
-        if ! kill -0 "$(cat "$STATE/$daemon.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
-            echo "slurm setup: $daemon is not running:" >&2
-            tail -5 "$STATE/log/$daemon.log" >&2 || true
-            exit 1
-        fi
-    done
-    state=$(timeout 10 sinfo -h -n localhost -o %T 2>/dev/null || true)
-    case "$state" in
-        idle) break ;;
-        down* | drain* | fail*) scontrol update nodename=localhost state=resume 2>/dev/null || true ;;
-    esac
-    sleep 0.5
+HOST_NODE=${HOST_NODE%% *}
+mkdir -p "$STATE/slurmd/$HOST_NODE"
+slurmd -N "$HOST_NODE"
+for name in $MULTIHOST; do
+    bash "$NODES_SH" start "$name"
 done
-if [ "$(timeout 10 sinfo -h -n localhost -o %T 2>/dev/null)" != idle ]; then
-    echo "slurm setup: the node did not become idle:" >&2
-    sinfo -N -l >&2 || true
-    tail -20 "$STATE"/log/slurmctld.log "$STATE"/log/slurmd.log >&2 || true
-    exit 1
-fi
-say "ready: $(sinfo -h -N -o '%N %T cpus=%c mem=%m')"
+
+say "waiting for the nodes"
+for node in $HOST_NODE $MULTIHOST; do
+    for _ in $(seq 1 120); do
+        for daemon in slurmctld "slurmd-$node"; do
+            if ! kill -0 "$(cat "$STATE/$daemon.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+                echo "slurm setup: $daemon is not running:" >&2
+                tail -5 "$STATE/log/$daemon.log" >&2 || true
+                exit 1
+            fi
+        done
+        state=$(timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null || true)
+        case "$state" in
+            idle) break ;;
+            down* | drain* | fail*) scontrol update nodename="$node" state=resume 2>/dev/null || true ;;
+        esac
+        sleep 0.5
+    done
+    if [ "$(timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null)" != idle ]; then
+        echo "slurm setup: the node $node did not become idle:" >&2
+        sinfo -N -l >&2 || true
+        tail -20 "$STATE"/log/slurmctld.log "$STATE/log/slurmd-$node.log" >&2 || true
+        exit 1
+    fi
+done
+say "ready: $(sinfo -h -N -o '%N %P %T cpus=%c mem=%m' | tr '\n' ';')"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM that .ci/slurm/setup.sh started: cancel whatever jobs are left, then
-# stop slurmd, slurmctld and munged, each by the pid in its own pid file (nothing is killed by name).
+# Stop the SLURM that .ci/slurm/setup.sh started: cancel whatever jobs are left, then stop each slurmd,
+# slurmctld and munged, each by the pid in its own pid file (nothing is killed by name), and remove the
+# multi-host nodes' namespaces, bridge and /etc/hosts entries (.ci/slurm/nodes.sh net-down).
 set -uo pipefail
 
 STATE=${VIRNUCFLOW_SLURM_STATE:-/var/lib/virnucflow-slurm}
@@ -27,7 +28,10 @@ if [ -s "$STATE/slurmctld.pid" ] && command -v scancel >/dev/null; then
         sleep 0.2
     done
 fi
-stop_pidfile slurmd "$STATE/slurmd.pid"
+for pidfile in "$STATE"/slurmd-*.pid "$STATE/slurmd.pid"; do
+    [ -e "$pidfile" ] && stop_pidfile slurmd "$pidfile"
+done
 stop_pidfile slurmctld "$STATE/slurmctld.pid"
 stop_pidfile munged /run/munge/munged.pid
+bash "$(dirname "$0")/nodes.sh" net-down
 exit 0
