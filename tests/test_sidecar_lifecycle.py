@@ -161,7 +161,7 @@ def test_a_killed_sidecar_gives_its_clients_a_clear_error_fast(spawn, models, tm
     assert embed.returncode == 3
     assert stderr.count("\n") == 1, stderr
     assert f"sidecar pid {sidecar.proc.pid}" in stderr and "died while embedding" in stderr
-    assert "big.faa" in stderr and "--retries" in stderr
+    assert "big.fa and " in stderr and "big.faa" in stderr and "--retries" in stderr  # the part, both files
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
     shutil.rmtree(socket_dir)  # what a SIGKILLed sidecar leaves; its successor would remove it
 

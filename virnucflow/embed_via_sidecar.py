@@ -95,14 +95,17 @@ def _embed_models(client, endpoint_file, settings, parts, labels):
 
     from sidecar.client import SidecarClient
 
+    # a message names the whole part: whichever model's request notices a failure first reports it
+    label = " and ".join(labels[model] for model in parts)
+
     def one(model):
         ids, seqs = parts[model]
         with SidecarClient(endpoint_file, **settings.client_options()) as own:
-            return own.embed(model, ids, seqs, label=labels[model])
+            return own.embed(model, ids, seqs, label=label)
 
     first, *others = parts
     with ThreadPoolExecutor(max(len(others), 1)) as pool:
         futures = {model: pool.submit(one, model) for model in others}
-        arrays = {first: client.embed(first, *parts[first], label=labels[first])}
+        arrays = {first: client.embed(first, *parts[first], label=label)}
         arrays.update({model: future.result() for model, future in futures.items()})
     return {model: arrays[model] for model in parts}
