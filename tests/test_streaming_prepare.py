@@ -171,6 +171,12 @@ def test_a_bad_record_fails_its_shard_with_the_one_piece_error_and_leaves_nothin
     shard = 1 + fasta.read_text().index(">broken") // 500
     written = {p.name for p in (tmp_path / "out").iterdir()}
     assert shard == 4 and written == {"shards", *(f"shard_{i}.{name}" for i in (1, 2, 3) for name in NAMES)}
+    nameless = tmp_path / "nameless.fa"
+    nameless.write_text(">ok\n" + "ACGT\n" * 300 + ">\nACGT\n")
+    with pytest.raises(InputError) as caught:
+        prepare_shards(nameless, tmp_path / "nameless", 500)
+    assert str(caught.value) == one_piece_error(nameless, tmp_path) == (
+        f"{nameless}: line 302 is a header with no id; give every record a name")
 
 
 @pytest.mark.unit

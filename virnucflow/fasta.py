@@ -107,7 +107,7 @@ def read_fasta(path, nucleotide=False, unique=True, lines=False, byte_range=None
                     if line.startswith(">"):
                         if record_id is not None:
                             yield _with_line(check(label, record_id, "".join(seq_lines)), header_line, lines)
-                        record_id = _record_id(label, base(line_no), line, seen)
+                        record_id = _record_id(label, line_no, line, seen, base)
                         seq_lines, header_line = [], line_no
                     elif record_id is None:
                         if line.strip() and not start:
@@ -187,15 +187,16 @@ def _check_nucleotide(path, record_id, seq):
     return record_id, seq
 
 
-def _record_id(path, line_no, line, seen):
+def _record_id(path, line_no, line, seen, base):
+    """The header's id; `base` turns line_no into the file's line number, for the errors only."""
     fields = line[1:].split(None, 1)
     if not fields:
-        raise InputError(f"{path}: line {line_no} is a header with no id; give every record a name")
+        raise InputError(f"{path}: line {base(line_no)} is a header with no id; give every record a name")
     record_id = fields[0]
     if seen is None:
         return record_id
     if record_id in seen:
-        raise InputError(duplicate_id(path, record_id, line_no))
+        raise InputError(duplicate_id(path, record_id, base(line_no)))
     seen.add(record_id)
     return record_id
 
