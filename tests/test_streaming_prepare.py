@@ -216,6 +216,19 @@ def test_whole_sample_checks_fail_with_one_line_and_leave_nothing(tmp_path):
     assert not (tmp_path / "j").exists() and not list(tmp_path.glob(".j*"))
 
 
+@pytest.mark.unit
+def test_a_shard_of_a_file_that_changed_since_the_plan_fails_and_writes_nothing(tmp_path):
+    fasta = write_sample(tmp_path / "s.fa", sample_records(50))
+    plan_shards(fasta, tmp_path / "shards", 2000)
+    prepare_shard(tmp_path / "shards", 1, 300, *(tmp_path / f"one.{name}" for name in NAMES))
+    with open(fasta, "a") as handle:
+        handle.write(">late\nACGT\n")
+    with pytest.raises(InputError) as caught:
+        prepare_shard(tmp_path / "shards", 2, 300, *(tmp_path / f"two.{name}" for name in NAMES))
+    assert str(caught.value) == f"{fasta}: the file changed while being read; rerun when it is complete"
+    assert not list(tmp_path.glob("*two*")) and not list(tmp_path.glob(".*"))
+
+
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 # runs the commands one after another and prints the largest resident size any of them reached (kB)
 PEAK = """import resource, subprocess, sys, json
