@@ -314,18 +314,21 @@ def cmd_run(args):
     return run(args)
 
 
-def build_parser():
+def build_parser(command=None):
+    """The parser; given the `command` to run, without the options of `run` and `embed` unless it is one of
+    them: their import (numpy, zmq) would cost every other step's process about 0.1 s."""
     parser = argparse.ArgumentParser(prog="virnucflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"virnucflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from virnucflow.run_command import add_arguments as add_run_arguments
-
     p = sub.add_parser("run", help="FASTA files in, results out: the whole workflow in one command "
                        "(options after -- go to snakemake)",
                        epilog="Options after -- go to snakemake unchanged, such as: -- --keep-going")
-    add_run_arguments(p)
+    if command in (None, "run"):
+        from virnucflow.run_command import add_arguments as add_run_arguments
+
+        add_run_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chunk", help="cut records into 300 or 500 bp windows, as the original does")
@@ -382,10 +385,11 @@ def build_parser():
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_split)
 
-    from virnucflow.embed_part import add_arguments as add_embed_arguments
-
     p = sub.add_parser("embed", help="embed one part: through a sidecar, or loading both models here")
-    add_embed_arguments(p, "in-process")
+    if command in (None, "embed"):
+        from virnucflow.embed_part import add_arguments as add_embed_arguments
+
+        add_embed_arguments(p, "in-process")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("merge", help="join DNABERT-S and ESM-2 vectors into the original's merged .pt")
@@ -437,7 +441,7 @@ def main(argv=None):
     extra = []
     if "--" in argv:  # `virnucflow run ... -- SNAKEMAKE OPTIONS`: what follows goes to snakemake unchanged
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     if extra and args.command != "run":
         parser.error("only `virnucflow run` takes options after --")
