@@ -36,6 +36,7 @@ _JOB_ID = re.compile(r"^\s+jobid: (\d+)$")
 
 
 def _planned_shards(plan):
+    """The number of shards in a sample's plan (`shard`), or None if there is none (yet, or any more)."""
     try:
         return json.loads(plan.read_text())["shards"]
     except (OSError, ValueError, KeyError, TypeError):
