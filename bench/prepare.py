@@ -3,9 +3,12 @@ peak resident memory of each command (docs/benchmarks.md, "Issue 13: preparation
 
     python bench/prepare.py --records 1000000 --workdir /tmp/prep --cores 1 2
 
-Runs `virnucflow shard`, then `prepare-shard` on every shard (`--cores` at a time, as Snakemake would),
-`concatenate-shards`, `count-parts` and `split`, each a process; prints one JSON object per core count.
-The sample is coding-like (stop-free codons), so most chunks keep a frame and the split has real work.
+Runs `virnucflow shard` (the plan; for a plain sample it reads nothing), then `prepare-shard` on every
+shard (`--cores` at a time, as Snakemake would), `concatenate-shards` (the whole-sample id check and the
+concatenation), `count-parts` and `split`, each a process; prints one JSON object per core count: the
+seconds and peak memory of each step, the serial share (every step but prepare-shard), and the speed-up
+over the first core count. The sample is coding-like (stop-free codons), so most chunks keep a frame and
+the split has real work.
 """
 
 import argparse
@@ -51,15 +54,17 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
     out.mkdir(parents=True)
     n = shard_count(fasta.stat().st_size, shard_bytes(shard_mb))
     steps = {"shard": [["shard", "--shard-mb", str(shard_mb), str(fasta), str(out / "shards")]]}
+    names = ("chunked", "nucleotide", "protein", "ids", "counts")
     steps["prepare-shard"] = [
-        ["prepare-shard", "--size", str(chunk_size), str(out / "shards" / f"shard_{i}.fa"),
-         *(arg for name in ("chunked", "nucleotide", "protein") for arg in (f"--{name}", str(out / f"{i}.{name}")))]
+        ["prepare-shard", "--size", str(chunk_size), "--shard", str(i), str(out / "shards"),
+         *(arg for name in names for arg in (f"--{name}", str(out / f"{i}.{name}")))]
         for i in range(1, n + 1)
     ]
+    targets = {"chunked": "chunked.fa", "nucleotide": "identified_nucleotide.fa", "protein": "identified_protein.faa"}
     steps["concatenate-shards"] = [["concatenate-shards", *(
-        arg for name, target in (("chunked", "chunked.fa"), ("nucleotide", "identified_nucleotide.fa"),
-                                 ("protein", "identified_protein.faa"))
-        for arg in (f"--{name}", str(out / target), f"--{name}-shards", *(str(out / f"{i}.{name}") for i in range(1, n + 1)))
+        arg for name in names
+        for arg in (*((f"--{name}", str(out / targets[name])) if name in targets else ()),
+                    f"--{name}-shards", *(str(out / f"{i}.{name}") for i in range(1, n + 1)))
     )]]
     steps["count-parts"] = [["count-parts", "--protein", str(out / "identified_protein.faa"),
                              "--records-per-file", str(records_per_file), "--output", str(out / "parts.json")]]
@@ -73,6 +78,8 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
         peak = run_all(commands, cores)
         result["steps"][name] = {"seconds": round(time.monotonic() - t0, 1), "max_rss_mb": round(peak, 1)}
     result["seconds"] = round(time.monotonic() - started, 1)
+    serial = sum(step["seconds"] for name, step in result["steps"].items() if name != "prepare-shard")
+    result["serial_share"] = round(serial / result["seconds"], 3)
     result["max_rss_mb"] = max(step["max_rss_mb"] for step in result["steps"].values())
     result["parts"] = json.loads((out / "parts.json").read_text())["parts"]
     with open(out / "identified_protein.faa") as handle:
@@ -96,10 +103,15 @@ def main():
     write_sample(fasta, args.records, args.codons)
     print(json.dumps({"records": args.records, "bytes": fasta.stat().st_size,
                       "generated_in_s": round(time.monotonic() - t0, 1)}), flush=True)
+    first = None
     for cores in args.cores:
         out = args.workdir / f"cores{cores}"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
         result = prepare(fasta, out, cores, args.shard_mb, args.records_per_file, args.chunk_size)
         result["records_per_s"] = round(args.records / result["seconds"])
+        first = first or result
+        result["speed_up"] = round(first["seconds"] / result["seconds"], 2)
+        result["speed_up_per_core"] = round(result["speed_up"] * first["cores"] / cores, 2)
         print(json.dumps(result), flush=True)
         subprocess.run(["rm", "-rf", str(out)], check=True)
 

@@ -31,8 +31,7 @@ def running_layout(root):
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "virus_contigs.tsv"):
         touch(res / "s3" / name)
     touch(res / "s3/merged/output_1_merged.pt")
-    for i in (1, 2, 3):
-        touch(res / f"s4/shards/shard_{i}.fa")
+    touch(res / "s4/shards/plan.json", '{"fasta": "s4.fa", "shards": 3}')
     touch(res / "s4/prepared/shard_2.protein.faa")
     touch(root / "logs/s2/chunk.log", "2026-01-01 virnucflow INFO chunk: 200000 chunks written (50000/s)\n")
     touch(root / ".snakemake/log/2026-01-01T000000.snakemake.log",

@@ -11,7 +11,8 @@ import pytest
 
 from virnucflow import cli
 from virnucflow.errors import InputError
-from virnucflow.shards import concatenate, prepare_shard, shard_count, shard_name, write_shards
+from virnucflow.fasta import read_fasta
+from virnucflow.shards import check_records, concatenate, plan_shards, prepare_shard, shard_count
 from virnucflow.split import split_parts
 
 
@@ -36,13 +37,25 @@ def write_sample(path, records):
     return path
 
 
+NAMES = ("chunked.fa", "nucleotide.fa", "protein.faa", "ids", "json")
+
+
+def prepare_shards(fasta, out, shard_bytes, size=300):
+    """The workflow's first steps in-process: plan, then prepare each shard; returns the shards' counts."""
+    n = plan_shards(fasta, out / "shards", shard_bytes)
+    return [prepare_shard(out / "shards", i, size, *(out / f"shard_{i}.{name}" for name in NAMES))
+            for i in range(1, n + 1)]
+
+
+def check_shards(out, n):
+    return check_records(*([out / f"shard_{i}.{name}" for i in range(1, n + 1)] for name in ("json", "ids")))
+
+
 def prepare_in_shards(fasta, out, shard_bytes, size=300, records_per_file=37):
-    """The workflow's steps in-process: shard, prepare each shard, put them together, split."""
-    n = write_shards(fasta, out / "shards", shard_bytes)
-    names = ("chunked.fa", "nucleotide.fa", "protein.faa")
-    for i in range(1, n + 1):
-        prepare_shard(out / "shards" / shard_name(i), size, *(out / f"shard_{i}.{name}" for name in names))
-    for name, target in zip(names, ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa")):
+    """The workflow's steps in-process: plan, prepare each shard, check, put them together, split."""
+    n = len(prepare_shards(fasta, out, shard_bytes, size))
+    check_shards(out, n)
+    for name, target in zip(NAMES, ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa")):
         concatenate([out / f"shard_{i}.{name}" for i in range(1, n + 1)], out / target)
     split_parts(out / "identified_nucleotide.fa", out / "identified_protein.faa", out / "parts", records_per_file)
     return n
@@ -59,7 +72,7 @@ def prepare_in_one_piece(fasta, out, size=300, records_per_file=37):
 
 def files(directory):
     return {p.relative_to(directory).as_posix(): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file() and "shard" not in p.name}
+            for p in sorted(directory.rglob("*")) if p.is_file() and "shard" not in p.relative_to(directory).as_posix()}
 
 
 @pytest.mark.unit
@@ -75,8 +88,12 @@ def test_any_shard_count_gives_the_one_piece_files(tmp_path, name):
         n = prepare_in_shards(fasta, out, shard_bytes)
         assert n == shard_count(size, shard_bytes)
         assert files(out) == expected, shard_bytes
-        filled = [i for i in range(1, n + 1) if (out / "shards" / shard_name(i)).stat().st_size]
+        filled = [i for i in range(1, n + 1) if (out / f"shard_{i}.chunked.fa").stat().st_size]
         assert n == 1 or len(filled) >= 3
+
+
+def shard_ids(out, i):
+    return [row.split("\t")[1].strip() for row in (out / f"shard_{i}.ids").read_text().splitlines()]
 
 
 @pytest.mark.unit
@@ -84,28 +101,132 @@ def test_shards_follow_the_records_position_in_the_file(tmp_path):
     records = [(f"s{i:02d}", "ACGT" * 25) for i in range(100)]  # each record takes 5 + 101 = 106 bytes
     fasta = tmp_path / "s.fa"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
-    assert write_shards(fasta, tmp_path / "shards", 1060) == 10
+    assert len(prepare_shards(fasta, tmp_path, 1060)) == 10
     for i in range(1, 11):  # 10 records per shard, in input order
-        ids = [line[1:] for line in (tmp_path / "shards" / shard_name(i)).read_text().splitlines()[::2]]
-        assert ids == [f"s{j:02d}" for j in range((i - 1) * 10, i * 10)]
+        assert shard_ids(tmp_path, i) == [f"s{j:02d}" for j in range((i - 1) * 10, i * 10)]
     # the count the workflow planned wins (a file that grew since): the records past it go to the last
-    assert write_shards(fasta, tmp_path / "planned", 1060, n=4) == 4
-    assert (tmp_path / "planned" / shard_name(4)).read_text().count(">") == 70
+    assert plan_shards(fasta, tmp_path / "planned", 1060, n=4) == 4
+    prepare_shard(tmp_path / "planned", 4, 300, *(tmp_path / f"planned.{name}" for name in NAMES))
+    assert len((tmp_path / "planned.ids").read_text().splitlines()) == 70
 
 
 @pytest.mark.unit
-def test_a_bad_record_fails_the_sample_with_one_line_and_leaves_nothing(tmp_path):
-    fasta = tmp_path / "bad.fa"
-    fasta.write_text(">ok\n" + "ACGT" * 300 + "\n>broken\nACGT!ACGT\n>later\nACGT\n")
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_byte_ranges_hold_the_records_of_the_sharding_rule(tmp_path, newline):
+    """For many shard sizes, each shard read from its byte range holds exactly the records whose header
+    starts in it: the shard files that a whole pass over the sample wrote."""
+    records = sample_records(40, seed=11)
+    text = write_sample(tmp_path / "s.fa", records).read_text().replace("\n", newline)
+    fasta = tmp_path / "s.fa"
+    fasta.write_bytes(text.encode())
+    whole = list(read_fasta(fasta))
+    starts = [i for i, c in enumerate(text) if c == ">" and (i == 0 or text[i - 1] in "\r\n")]
+    assert len(starts) == len(whole)
+    size = len(text)
+    for shard_bytes in (7, 97, 500, 1021, size // 3, size - 1, size, 10 * size):
+        n = shard_count(size, shard_bytes)
+        expected = [[] for _ in range(n)]
+        for record, start in zip(whole, starts):
+            expected[min(n, 1 + start // shard_bytes) - 1].append(record)
+        tally = {}
+        got, lines = [], 0
+        for i in range(1, n + 1):
+            byte_range = ((i - 1) * shard_bytes, i * shard_bytes if i < n else None)
+            got.append(list(read_fasta(fasta, unique=False, byte_range=byte_range, tally=tally)))
+            lines += tally["lines"]
+        assert got == expected, shard_bytes
+        assert lines == len(text.replace("\r\n", "\n").replace("\r", "\n").splitlines())
+
+
+@pytest.mark.unit
+def test_a_record_across_a_boundary_goes_to_the_shard_where_its_header_starts(tmp_path):
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(">a\n" + "ACGT" * 30 + "\n>b x\n" + "ACGTA" * 20 + "\n" + "C" * 50 + "\n>c\nGG\n")
+    b_at = fasta.read_text().index(">b")
+    for cut in range(b_at - 3, b_at + 160, 7):  # before b's header, inside it, inside b's sequence
+        first = [r[0] for r in read_fasta(fasta, byte_range=(0, cut))]
+        second = [r[0] for r in read_fasta(fasta, byte_range=(cut, None))]
+        assert first + second == ["a", "b", "c"], cut
+        assert ("b" in first) == (cut > b_at), cut
+    b = next(seq for rid, seq in read_fasta(fasta, byte_range=(0, b_at + 1)) if rid == "b")
+    assert b == "ACGTA" * 20 + "C" * 50  # read to its end, past the range
+
+
+def one_piece_error(fasta, tmp_path):
     with pytest.raises(InputError) as caught:
-        write_shards(fasta, tmp_path / "shards", 500)
-    assert "record 'broken'" in str(caught.value) and "\n" not in str(caught.value)
-    assert list(tmp_path.iterdir()) == [fasta]  # no shard directory, no temporary one
+        list(read_fasta(fasta, nucleotide=True))
+    return str(caught.value)
+
+
+@pytest.mark.unit
+def test_a_bad_record_fails_its_shard_with_the_one_piece_error_and_leaves_nothing(tmp_path):
+    fasta = tmp_path / "bad.fa"
+    fasta.write_text(">ok\n" + "ACGT\n" * 300 + ">broken\nACGT\nACGT!ACGT\n>later\nACGT\n")
+    expected = one_piece_error(fasta, tmp_path)
+    assert "record 'broken' line 304 " in expected
+    counts = None
+    with pytest.raises(InputError) as caught:
+        counts = prepare_shards(fasta, tmp_path / "out", 500)
+    assert str(caught.value) == expected and "\n" not in expected and counts is None
+    shard = 1 + fasta.read_text().index(">broken") // 500
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert shard == 4 and written == {"shards", *(f"shard_{i}.{name}" for i in (1, 2, 3) for name in NAMES)}
+    nameless = tmp_path / "nameless.fa"
+    nameless.write_text(">ok\n" + "ACGT\n" * 300 + ">\nACGT\n")
+    with pytest.raises(InputError) as caught:
+        prepare_shards(nameless, tmp_path / "nameless", 500)
+    assert str(caught.value) == one_piece_error(nameless, tmp_path) == (
+        f"{nameless}: line 302 is a header with no id; give every record a name")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["dup.fa", "dup.fa.gz"])
+def test_duplicate_ids_in_two_shards_fail_the_sample_with_the_one_piece_error(tmp_path, name):
+    records = sample_records(60, seed=3)
+    records[47] = ("r12", records[47][1])
+    fasta = write_sample(tmp_path / name, records)
+    expected = one_piece_error(fasta, tmp_path)
+    assert expected.startswith(f"{fasta}: record id 'r12' (line ")
+    counts = prepare_shards(fasta, tmp_path, 1500)
+    where = [i for i in range(1, len(counts) + 1) if "r12" in shard_ids(tmp_path, i)]
+    assert len(where) == 2, where
+    with pytest.raises(InputError) as caught:
+        check_shards(tmp_path, len(counts))
+    assert str(caught.value) == expected
+
+
+@pytest.mark.unit
+def test_whole_sample_checks_fail_with_one_line_and_leave_nothing(tmp_path):
     empty = tmp_path / "empty.fa"
-    empty.write_text(">a\n\n>b\n")
+    empty.write_text(">a\n\n>b\n" + "\n" * 3000 + ">c\n")
+    counts = prepare_shards(empty, tmp_path / "e", 500)
     with pytest.raises(InputError, match="every record is empty"):
-        write_shards(empty, tmp_path / "shards", 500)
-    assert not (tmp_path / "shards").exists()
+        check_shards(tmp_path / "e", len(counts))
+    blank = tmp_path / "blank.fa"
+    blank.write_text("\n" * 2000)
+    assert one_piece_error(blank, tmp_path) == f"{blank}: holds no FASTA records; check that it is the right file"
+    counts = prepare_shards(blank, tmp_path / "b", 500)
+    with pytest.raises(InputError) as caught:
+        check_shards(tmp_path / "b", len(counts))
+    assert str(caught.value) == one_piece_error(blank, tmp_path)
+    junk = tmp_path / "junk.fa.gz"
+    junk.write_bytes(gzip.compress(b">a\nACGT\n")[:-9])
+    with pytest.raises(InputError, match="cannot be read as"):
+        plan_shards(junk, tmp_path / "j", 500)
+    assert not (tmp_path / "j").exists() and not list(tmp_path.glob(".j*"))
+
+
+@pytest.mark.unit
+def test_a_shard_of_a_file_that_changed_since_the_plan_fails_and_writes_nothing(tmp_path):
+    fasta = write_sample(tmp_path / "s.fa", sample_records(50))
+    plan_shards(fasta, tmp_path / "shards", 2000)
+    prepare_shard(tmp_path / "shards", 1, 300, *(tmp_path / f"one.{name}" for name in NAMES))
+    with open(fasta, "a") as handle:
+        handle.write(">late\nACGT\n")
+    with pytest.raises(InputError) as caught:
+        prepare_shard(tmp_path / "shards", 2, 300, *(tmp_path / f"two.{name}" for name in NAMES))
+    assert str(caught.value) == f"{fasta}: the file changed while being read; rerun when it is complete"
+    assert not list(tmp_path.glob("*two*")) and not list(tmp_path.glob(".*"))
 
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
@@ -130,13 +251,15 @@ def test_preparing_a_large_sample_takes_bounded_memory(tmp_path):
     commands = [["shard", "--shard-mb", "5", str(fasta), str(tmp_path / "shards")]]
     n = shard_count(fasta.stat().st_size, 5_000_000)
     for i in range(1, n + 1):
-        commands.append(["prepare-shard", "--size", "300", str(tmp_path / "shards" / shard_name(i)),
-                         "--chunked", str(tmp_path / f"c{i}.fa"), "--nucleotide", str(tmp_path / f"n{i}.fa"),
-                         "--protein", str(tmp_path / f"p{i}.fa")])
+        commands.append(["prepare-shard", "--size", "300", "--shard", str(i), str(tmp_path / "shards"),
+                         *(arg for name in ("chunked", "nucleotide", "protein", "ids", "counts")
+                           for arg in (f"--{name}", str(tmp_path / f"{name}{i}")))])
     gather = ["concatenate-shards"]
     for name, option in (("c", "chunked"), ("n", "nucleotide"), ("p", "protein")):
         gather += [f"--{option}", str(tmp_path / f"{name}.all"), f"--{option}-shards",
-                   *(str(tmp_path / f"{name}{i}.fa") for i in range(1, n + 1))]
+                   *(str(tmp_path / f"{option}{i}") for i in range(1, n + 1))]
+    for name in ("ids", "counts"):
+        gather += [f"--{name}-shards", *(str(tmp_path / f"{name}{i}") for i in range(1, n + 1))]
     commands.append(gather)
     commands.append(["split", "--nucleotide", str(tmp_path / "n.all"), "--protein", str(tmp_path / "p.all"),
                      "--records-per-file", "10000", "--out-dir", str(tmp_path / "parts")])

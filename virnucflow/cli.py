@@ -44,26 +44,29 @@ def cmd_translate(args):
 
 
 def cmd_shard(args):
-    from virnucflow.shards import shard_bytes, write_shards
+    from virnucflow.shards import plan_shards, shard_bytes
 
-    n = write_shards(args.input, args.out_dir, shard_bytes(args.shard_mb), args.shards)
-    logging.info("cut %s into %d shard(s) in %s", args.input, n, args.out_dir)
+    n = plan_shards(args.input, args.out_dir, shard_bytes(args.shard_mb), args.shards)
+    logging.info("planned %d shard(s) of %s in %s", n, args.input, args.out_dir)
 
 
 def cmd_prepare_shard(args):
     from virnucflow.shards import prepare_shard
 
-    chunks, kept = prepare_shard(args.input, args.size, args.chunked, args.nucleotide, args.protein)
-    logging.info("%s: %d chunks of up to %d bp, %d frames without a stop codon", args.input, chunks, args.size, kept)
+    counts = prepare_shard(args.plan, args.shard, args.size, args.chunked, args.nucleotide, args.protein,
+                           args.ids, args.counts)
+    logging.info("shard %d of %s: %d records, %d chunks of up to %d bp, %d frames without a stop codon",
+                 args.shard, counts["fasta"], counts["records"], counts["chunks"], args.size, counts["kept_frames"])
 
 
 def cmd_concatenate(args):
-    from virnucflow.shards import concatenate
+    from virnucflow.shards import check_records, concatenate
 
+    check_records(args.counts_shards, args.ids_shards)
     for target, sources in ((args.chunked, args.chunked_shards), (args.nucleotide, args.nucleotide_shards),
                             (args.protein, args.protein_shards)):
         concatenate(sources, target)
-    logging.info("put %d shard(s) together", len(args.chunked_shards))
+    logging.info("checked the ids and put %d shard(s) together", len(args.chunked_shards))
 
 
 def cmd_split(args):
@@ -314,7 +317,9 @@ def cmd_run(args):
 USER_COMMANDS = ("run", "check", "status", "fetch-models", "make-demo-models")
 
 
-def build_parser():
+def build_parser(command=None):
+    """The parser; given the `command` to run, without the options of `run` and `embed` unless it is one of
+    them: their import (numpy, zmq) would cost every other step's process about 0.1 s."""
     parser = argparse.ArgumentParser(prog="virnucflow", description="Viral short sequences found with ESM-2 and "
                                      "DNABERT-S, as VirNucPro does. Start with `virnucflow run -h`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -323,12 +328,13 @@ def build_parser():
                                 title="commands", description="the first five are yours; the others are the "
                                 "workflow's steps, which its rules run")
 
-    from virnucflow.run_command import add_arguments as add_run_arguments
-
     p = sub.add_parser("run", help="FASTA files in, results out: the whole workflow in one command "
                        "(options after -- go to snakemake)",
                        epilog="Options after -- go to snakemake unchanged, such as: -- --keep-going")
-    add_run_arguments(p)
+    if command in (None, "run"):
+        from virnucflow.run_command import add_arguments as add_run_arguments
+
+        add_run_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chunk", help="cut records into 300 or 500 bp windows, as the original does")
@@ -337,25 +343,33 @@ def build_parser():
     p.add_argument("output")
     p.set_defaults(func=cmd_chunk)
 
-    p = sub.add_parser("shard", help="cut a sample by records into shards of about --shard-mb MB of its file")
+    p = sub.add_parser("shard", help="plan a sample's shards of about --shard-mb MB of its file "
+                       "(a gzipped one is decompressed for them)")
     p.add_argument("--shard-mb", type=float, required=True, help="MB of the input file (as stored) per shard")
-    p.add_argument("--shards", type=int, default=None, help="write exactly this many (default: from the file's size)")
+    p.add_argument("--shards", type=int, default=None, help="make exactly this many (default: from the file's size)")
     p.add_argument("input", help="FASTA, plain or gzipped")
-    p.add_argument("out_dir", help="directory for shard_1.fa .. shard_<n>.fa")
+    p.add_argument("out_dir", help="directory for the plan (plan.json)")
     p.set_defaults(func=cmd_shard)
 
-    p = sub.add_parser("prepare-shard", help="chunk one shard and translate its chunks (chunk + translate, streaming)")
+    p = sub.add_parser("prepare-shard", help="read one shard of a planned sample, chunk it and translate its "
+                       "chunks (chunk + translate, streaming)")
     p.add_argument("--size", type=int, choices=(300, 500), required=True)
-    p.add_argument("input", help="a shard written by `shard`")
+    p.add_argument("--shard", type=int, required=True, help="which shard, from 1")
+    p.add_argument("plan", help="the directory written by `shard`")
     p.add_argument("--chunked", required=True)
     p.add_argument("--nucleotide", required=True)
     p.add_argument("--protein", required=True)
+    p.add_argument("--ids", required=True, help="output: the shard's record ids, for the whole-sample checks")
+    p.add_argument("--counts", required=True, help="output: the shard's counts (JSON)")
     p.set_defaults(func=cmd_prepare_shard)
 
-    p = sub.add_parser("concatenate-shards", help="the sample's chunked and kept-frame files from its shards, in order")
+    p = sub.add_parser("concatenate-shards", help="check the sample's record ids, then put its chunked and "
+                       "kept-frame files together from its shards, in order")
     for name in ("chunked", "nucleotide", "protein"):
         p.add_argument(f"--{name}", required=True, help=f"the sample's {name} file")
         p.add_argument(f"--{name}-shards", nargs="+", required=True, help="the shards' files, in shard order")
+    for name in ("ids", "counts"):
+        p.add_argument(f"--{name}-shards", nargs="+", required=True, help=f"the shards' {name} files, in shard order")
     p.set_defaults(func=cmd_concatenate)
 
     p = sub.add_parser("translate", help="six-frame translation; keep frames without a stop codon")
@@ -377,10 +391,11 @@ def build_parser():
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_split)
 
-    from virnucflow.embed_part import add_arguments as add_embed_arguments
-
     p = sub.add_parser("embed", help="embed one part: through a sidecar, or loading both models here")
-    add_embed_arguments(p, "in-process")
+    if command in (None, "embed"):
+        from virnucflow.embed_part import add_arguments as add_embed_arguments
+
+        add_embed_arguments(p, "in-process")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("merge", help="join DNABERT-S and ESM-2 vectors into the original's merged .pt")
@@ -435,7 +450,7 @@ def main(argv=None):
     extra = []
     if "--" in argv:  # `virnucflow run ... -- SNAKEMAKE OPTIONS`: what follows goes to snakemake unchanged
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1:]
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     if extra and args.command != "run":
         parser.error("only `virnucflow run` takes options after --")

@@ -35,24 +35,38 @@ MIN_NUCLEOTIDE_FRACTION = 0.5
 MIN_JUDGED_LETTERS = 20
 
 
-def _open_text(path):
-    """The file as text, and a function that tells how far into the file as stored reading has got
-    (bytes of the compressed stream for gzip, read ahead in blocks)."""
+def gzipped(path):
+    """Whether `path` is a gzipped file (by its magic bytes); InputError when it is no file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path in your sample sheet or command")
     with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == _GZIP_MAGIC:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def _open_text(path, position=0):
+    """The file as text from byte `position` (plain files only), line ends kept as they are in the file
+    (so that a line's length is its size in bytes) but recognised as universal newlines."""
+    if gzipped(path):
         raw = gzip.open(path, "rb")
-        stored_position = raw.fileobj.tell
     else:
         raw = open(path, "rb")
-        stored_position = None
-    return io.TextIOWrapper(raw, encoding="ascii", errors="strict", newline=None), stored_position
+        raw.seek(position)
+    return io.TextIOWrapper(raw, encoding="ascii", errors="strict", newline="")
 
 
-def read_fasta(path, nucleotide=False, offsets=False, unique=True):
+def lines_before(path, position):
+    """How many lines of a plain file start before byte `position` (to number a byte range's lines)."""
+    count = at = 0
+    with open(path, encoding="latin-1", newline="") as fh:
+        for line in fh:
+            if at >= position:
+                break
+            count, at = count + 1, at + len(line)
+    return count
+
+
+def read_fasta(path, nucleotide=False, unique=True, lines=False, byte_range=None, label=None, tally=None):
     """Yield (record_id, sequence) for each record, raising InputError on anything that is not FASTA.
 
     Records of length zero are yielded (the caller decides); duplicate ids are an error because
@@ -60,58 +74,97 @@ def read_fasta(path, nucleotide=False, offsets=False, unique=True):
     error (see the module docstring). The last record is yielded only after the whole file has
     been read and found unchanged, so a consumer that stops at the last record still gets the check.
     `unique=False` skips the duplicate check, whose set of ids grows with the file: for the workflow's
-    own files, whose ids were checked in the input. With `offsets`, yield (record_id, sequence,
-    offset): where the record's header starts in the file as stored (characters of a plain file; of
-    a gzipped one, compressed bytes read so far).
+    own files, whose ids were checked in the input, and for byte ranges (the caller checks the whole file).
+    With `lines`, yield (record_id, sequence, line): the line number of its header.
+
+    `byte_range` (start, end), of a plain file: only the records whose header line starts at a byte in
+    [start, end) (end None: to the end of the file), each read to its end. Yielded line numbers then
+    count from the first line that starts in the range (1), `tally["lines"]` is set to how many lines start
+    in it, and errors give the file's own line numbers. `label` is the name errors give the file.
     """
     check = _check_nucleotide if nucleotide else _no_check
+    label = label or path
     seen = set() if unique else None
-    record_id, lines, line_no, offset, consumed = None, [], 0, 0, 0
+    start, end = byte_range or (0, None)
+    base = _LineBase(path, start)
+    record_id, seq_lines, line_no, header_line, owned = None, [], 0, 0, 0
+    position = max(0, start - 1)
     with unchanged_while_read(path):
         try:
-            fh, stored_position = _open_text(path)
-            with fh:
+            with _open_text(path, position) as fh:
+                if start:  # the line holding byte start - 1 starts before the range: skip it
+                    position += len(fh.readline())
                 for line_no, line in enumerate(fh, start=1):
+                    at, position = position, position + len(line)
+                    if end is None or at < end:
+                        owned = line_no
+                    elif line.startswith(">"):  # the next range's first record
+                        break
                     if "\x00" in line:
-                        raise InputError(f"{path}: line {line_no} holds binary data; give a FASTA file (plain or gzipped)")
+                        raise InputError(
+                            f"{label}: line {base(line_no)} holds binary data; give a FASTA file (plain or gzipped)"
+                        )
                     if line.startswith(">"):
                         if record_id is not None:
-                            yield _with_offset(check(path, record_id, "".join(lines)), offset, offsets)
-                        record_id = _record_id(path, line_no, line, seen)
-                        lines = []
-                        offset = stored_position() if stored_position else consumed
+                            yield _with_line(check(label, record_id, "".join(seq_lines)), header_line, lines)
+                        record_id = _record_id(label, line_no, line, seen, base)
+                        seq_lines, header_line = [], line_no
                     elif record_id is None:
-                        if line.strip():
+                        if line.strip() and not start:
                             raise InputError(
-                                f"{path}: line {line_no} comes before any '>' header; this is not FASTA"
+                                f"{label}: line {base(line_no)} comes before any '>' header; this is not FASTA"
                             )
                     else:
                         chunk = line.rstrip().replace(" ", "")
                         if not _SEQUENCE_CHARS.fullmatch(chunk):
                             bad = next(c for c in chunk if not _SEQUENCE_CHARS.fullmatch(c))
                             raise InputError(
-                                f"{path}: record '{record_id}' line {line_no} has the character {bad!r}, "
+                                f"{label}: record '{record_id}' line {base(line_no)} has the character {bad!r}, "
                                 "which is not a nucleotide or IUPAC code; fix or remove the record"
                             )
-                        lines.append(chunk)
-                    consumed += len(line)
+                        seq_lines.append(chunk)
         except UnicodeDecodeError as exc:
-            where = f"after line {line_no}" if line_no else "at its start"
+            after = base(line_no)
+            where = f"after line {after}" if after else "at its start"
             raise InputError(
-                f"{path}: non-text bytes {where} ({exc.reason}); give a FASTA file (plain or gzipped)"
+                f"{label}: non-text bytes {where} ({exc.reason}); give a FASTA file (plain or gzipped)"
             ) from None
         except (EOFError, gzip.BadGzipFile, OSError) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
-            raise InputError(f"{path}: cannot be read as (gzipped) FASTA: {exc}") from None
+            raise InputError(f"{label}: cannot be read as (gzipped) FASTA: {exc}") from None
+        if tally is not None:
+            tally["lines"] = owned
         if record_id is None:
-            raise InputError(f"{path}: holds no FASTA records; check that it is the right file")
-        last = _with_offset(check(path, record_id, "".join(lines)), offset, offsets)
+            if byte_range:
+                return
+            raise InputError(no_records(label))
+        last = _with_line(check(label, record_id, "".join(seq_lines)), header_line, lines)
     yield last
 
 
-def _with_offset(record, offset, offsets):
-    return (*record, offset) if offsets else record
+class _LineBase:
+    """Relative line number -> the file's: counts the lines before the range only when an error asks."""
+
+    def __init__(self, path, start):
+        self.path, self.start, self.before = path, start, None if start else 0
+
+    def __call__(self, line_no):
+        if self.before is None:
+            self.before = lines_before(self.path, self.start)
+        return self.before + line_no
+
+
+def _with_line(record, line, lines):
+    return (*record, line) if lines else record
+
+
+def no_records(path):
+    return f"{path}: holds no FASTA records; check that it is the right file"
+
+
+def duplicate_id(path, record_id, line_no):
+    return f"{path}: record id '{record_id}' (line {line_no}) appears twice; make the ids unique"
 
 
 def _no_check(path, record_id, seq):
@@ -134,17 +187,16 @@ def _check_nucleotide(path, record_id, seq):
     return record_id, seq
 
 
-def _record_id(path, line_no, line, seen):
+def _record_id(path, line_no, line, seen, base):
+    """The header's id; `base` turns line_no into the file's line number, for the errors only."""
     fields = line[1:].split(None, 1)
     if not fields:
-        raise InputError(f"{path}: line {line_no} is a header with no id; give every record a name")
+        raise InputError(f"{path}: line {base(line_no)} is a header with no id; give every record a name")
     record_id = fields[0]
     if seen is None:
         return record_id
     if record_id in seen:
-        raise InputError(
-            f"{path}: record id '{record_id}' (line {line_no}) appears twice; make the ids unique"
-        )
+        raise InputError(duplicate_id(path, record_id, base(line_no)))
     seen.add(record_id)
     return record_id
 

@@ -12,7 +12,8 @@ import os
 from virnucflow.errors import InputError
 
 
-def _signature(path):
+def signature(path):
+    """What the guard compares: device, inode, size, modification time (ns); None for a missing file."""
     try:
         st = os.stat(path)
     except OSError:
@@ -28,14 +29,20 @@ def unchanged_while_read(path):
     exception, since a file cut short mid-read often shows up first as a parse error; a change
     is then the real cause and is what the user is told. A missing file is left to the reader.
     """
-    before = _signature(path)
+    before = signature(path)
     try:
         yield
     except Exception:
-        if _signature(path) != before:
+        if signature(path) != before:
             raise InputError(_changed(path)) from None
         raise
-    if _signature(path) != before:
+    if signature(path) != before:
+        raise InputError(_changed(path))
+
+
+def check_unchanged_since(path, before):
+    """InputError if `path` is no longer the file whose signature was `before` (a step that read it earlier)."""
+    if signature(path) != tuple(before):
         raise InputError(_changed(path))
 
 

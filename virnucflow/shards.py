@@ -1,30 +1,43 @@
-"""Preparation in shards: a sample cut by records, each shard chunked and translated on its own.
+"""Preparation in shards: a sample cut by records, each shard chunked and translated in a job of its own.
 
 The rule: a sample whose file as stored (plain or gzipped) has S bytes makes
-n = max(1, ceil(S / shard_bytes)) shards (shard_bytes = the config's shard_mb × 10^6). Record r goes to shard min(n, 1 + floor(p_r / shard_bytes)),
-p_r being where its header starts in the file as stored (for a gzipped file: compressed bytes read
-so far, to within the reader's read-ahead). Records are never cut, so each is chunked exactly as in
-one piece; shards hold consecutive records in input order, and one may be empty (a record longer
-than a shard). n depends only on the file's size, so the workflow knows the shards before it runs.
+n = max(1, ceil(S / shard_bytes)) shards (shard_bytes = the config's shard_mb × 10^6); n depends only
+on the file's size, so the workflow knows the shards before it runs. Record r goes to shard
+min(n, 1 + floor(p_r / B)), p_r being the byte where its header line starts in the text that is read:
+- a plain file is read where it lies, B = shard_bytes: each `prepare_shard` job seeks to its own byte
+  range [(i-1)B, iB) (the last one open-ended) and reads the records whose header starts in it, each to
+  its end. No step reads the whole file before the shards start.
+- a gzipped file cannot be entered mid-stream: `plan_shards` first decompresses it beside the plan
+  (a block copy, no parsing), and B = ceil(its text's size / n), so that the n shards are even.
+Records are never cut, so each is chunked exactly as in one piece; shards hold consecutive records in
+input order, and one may be empty (a record longer than a shard). Concatenating the shards' outputs in
+shard order gives, byte for byte, what `chunk` and `translate` write for the whole sample.
 
-Every step streams: one record, one chunk at a time. Concatenating the shards' outputs in shard
-order gives, byte for byte, what `chunk` and `translate` write for the whole sample.
+The checks that need the whole sample (ids unique, some record, one not empty) are made by
+`check_records` from the ids and counts that each shard writes, with the one-line errors of `chunk`.
+Every step streams: one record, one chunk at a time.
 """
 
 import contextlib
+import gzip
+import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 from virnucflow.atomic import atomic_path
 from virnucflow.chunking import chunk_records
 from virnucflow.errors import InputError
-from virnucflow.fasta import read_fasta, write_fasta
+from virnucflow.fasta import duplicate_id, gzipped, no_records, read_fasta, write_fasta
+from virnucflow.input_guard import check_unchanged_since, signature, unchanged_while_read
 from virnucflow.progress import counted
 from virnucflow.translation import kept_frames
 
 MB = 1_000_000
+PLAN = "plan.json"
+TEXT = "input.fa"  # a gzipped sample's text, beside its plan
 
 
 def shard_bytes(shard_mb):
@@ -35,10 +48,6 @@ def shard_bytes(shard_mb):
 def shard_count(size_bytes, shard_bytes):
     """How many shards a file of `size_bytes` (as stored) makes; at least one."""
     return max(1, -(-int(size_bytes) // int(shard_bytes)))
-
-
-def shard_name(i):
-    return f"shard_{i}.fa"
 
 
 @contextlib.contextmanager
@@ -57,42 +66,93 @@ def _atomic_dir(target):
         raise
 
 
-def write_shards(fasta, out_dir, shard_bytes, n=None):
-    """Cut `fasta` into out_dir/shard_<i>.fa, i = 1..n (the rule above); return n.
+def plan_shards(fasta, out_dir, shard_bytes, n=None):
+    """Write out_dir/plan.json, what the `prepare_shard` jobs read (and a gzipped sample's text); return n.
 
-    `n` is the count that the workflow planned (from the file's size when it read the sample sheet):
-    the records past shard n go to shard n, so none is lost if the file has grown since.
-    The input is read once, with every check of read_fasta (a bad record is one line naming it);
-    on any error nothing is left in out_dir's place.
+    `n` is the count that the workflow planned (from the file's size when it read the sample sheet): the
+    records past shard n go to shard n, so none is lost if the file has grown since. The plan holds the
+    signature of the file to read, so that a shard job that finds another file there fails instead of
+    mixing two inputs. On any error nothing is left in out_dir's place.
     """
     n = n or shard_count(Path(fasta).stat().st_size, shard_bytes)
-    with _atomic_dir(out_dir) as tmp, contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(open(tmp / shard_name(i), "w")) for i in range(1, n + 1)]
-        non_empty = 0
-        records = read_fasta(fasta, nucleotide=True, offsets=True)
-        for record_id, seq, offset in counted(records, "shard", "records read"):
-            write_fasta(handles[min(n - 1, offset // shard_bytes)], [(record_id, seq)])
-            non_empty += bool(seq)
-        if non_empty == 0:
-            raise InputError(f"{fasta}: every record is empty; nothing to classify")
+    with _atomic_dir(out_dir) as tmp:
+        source, read = fasta, fasta
+        if gzipped(fasta):
+            source, read = Path(out_dir) / TEXT, tmp / TEXT
+            _decompress(fasta, read)
+            shard_bytes = max(1, -(-read.stat().st_size // n))
+        plan = {"fasta": str(fasta), "source": str(source), "shards": n, "shard_bytes": shard_bytes,
+                "signature": signature(read)}
+        (tmp / PLAN).write_text(json.dumps(plan) + "\n")
     return n
 
 
-def prepare_shard(shard_fa, chunk_size, chunked, nucleotide, protein):
-    """Chunk one shard and translate its chunks, streaming; returns (chunks, kept frames)."""
-    n_chunks = n_kept = 0
+def _decompress(fasta, target):
+    with unchanged_while_read(fasta), gzip.open(fasta, "rb") as raw, open(target, "wb") as out:
+        try:
+            shutil.copyfileobj(raw, out, 1 << 20)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(f"{fasta}: cannot be read as (gzipped) FASTA: {exc}") from None
+
+
+def prepare_shard(plan_dir, shard, chunk_size, chunked, nucleotide, protein, ids, counts):
+    """Chunk shard `shard` (from 1) of a planned sample and translate its chunks, streaming.
+
+    Besides the chunked and kept-frame files, writes `ids` (a line per record: its header's line within
+    the shard, a tab, its id) and `counts` (JSON), which `check_records` reads. Returns the counts.
+    """
+    plan = json.loads((Path(plan_dir) / PLAN).read_text())
+    source, label, n, size = plan["source"], plan["fasta"], plan["shards"], plan["shard_bytes"]
+    if not 1 <= shard <= n:
+        raise InputError(f"{plan_dir}: there is no shard {shard}; the plan has shards 1 to {n}")
+    check_unchanged_since(source, plan["signature"])
+    byte_range = ((shard - 1) * size, shard * size if shard < n else None)
+    tally = {"fasta": label, "records": 0, "non_empty": 0, "chunks": 0, "kept_frames": 0}
     with contextlib.ExitStack() as stack:
-        tmp = [stack.enter_context(atomic_path(p)) for p in (chunked, nucleotide, protein)]
-        out_chunks, out_nuc, out_prot = (stack.enter_context(open(t, "w")) for t in tmp)
-        records = read_fasta(shard_fa, unique=False) if Path(shard_fa).stat().st_size else iter(())
-        for chunk_id, seq in counted(chunk_records(records, chunk_size), "prepare", "chunks written"):
+        tmp = [stack.enter_context(atomic_path(p)) for p in (chunked, nucleotide, protein, ids, counts)]
+        out_chunks, out_nuc, out_prot, out_ids = (stack.enter_context(open(t, "w")) for t in tmp[:4])
+        records = read_fasta(source, nucleotide=True, unique=False, lines=True, byte_range=byte_range,
+                             label=label, tally=tally)
+        chunks = chunk_records(_noted(records, out_ids, tally), chunk_size)
+        for chunk_id, seq in counted(chunks, "prepare", "chunks written"):
             write_fasta(out_chunks, [(chunk_id, seq)], width=60)
-            n_chunks += 1
+            tally["chunks"] += 1
             for frame_id, frame_nucleotide, frame_protein in kept_frames(chunk_id, seq):
                 write_fasta(out_nuc, [(frame_id, frame_nucleotide)])
                 write_fasta(out_prot, [(frame_id, frame_protein)])
-                n_kept += 1
-    return n_chunks, n_kept
+                tally["kept_frames"] += 1
+        tmp[4].write_text(json.dumps(tally) + "\n")
+    return tally
+
+
+def _noted(records, out_ids, tally):
+    """The records as (id, sequence), each written to the ids file and counted as it passes."""
+    for record_id, seq, line in records:
+        out_ids.write(f"{line}\t{record_id}\n")
+        tally["records"] += 1
+        tally["non_empty"] += bool(seq)
+        yield record_id, seq
+
+
+def check_records(counts, ids):
+    """The checks of the whole sample from its shards' `counts` and `ids` files (in shard order): each id
+    once, some record, one not empty; errors as `chunk` gives them, with the file's line numbers.
+    Returns the shards' counts."""
+    counts = [json.loads(Path(p).read_text()) for p in counts]
+    label, seen, lines_before = counts[0]["fasta"], set(), 0
+    for shard, path in zip(counts, ids, strict=True):
+        with open(path) as handle:
+            for row in handle:
+                line, record_id = row.rstrip("\n").split("\t", 1)
+                if record_id in seen:
+                    raise InputError(duplicate_id(label, record_id, lines_before + int(line)))
+                seen.add(record_id)
+        lines_before += shard["lines"]
+    if not sum(shard["records"] for shard in counts):
+        raise InputError(no_records(label))
+    if not sum(shard["non_empty"] for shard in counts):
+        raise InputError(f"{label}: every record is empty; nothing to classify")
+    return counts
 
 
 def concatenate(sources, target):

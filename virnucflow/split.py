@@ -4,21 +4,18 @@ Part k (from 1) holds records (k-1)*N+1 .. k*N; nucleotide and protein parts hol
 the same order. Unlike the original, a sample with no kept frame still gets one empty part, so the
 rest of the pipeline runs and writes header-only results instead of stopping. The split streams:
 it holds one part's records at a time.
+
+The kept-frame files are the workflow's own, written by `write_fasta` unwrapped: a header line and one
+sequence line per record. So a part is the next 2N lines of each file, copied as they are, without
+parsing (this step is serial; it is byte for byte what parsing and writing the records gave); a file
+not in that form is an error.
 """
 
-from itertools import islice, zip_longest
+from itertools import islice, repeat
 from pathlib import Path
 
 from virnucflow.atomic import atomic_path
 from virnucflow.errors import InputError
-from virnucflow.fasta import read_fasta, write_fasta
-
-
-def _records_or_none(path):
-    """Records of a FASTA that may legitimately be empty (our own translate output), streamed."""
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
-        return iter(())
-    return read_fasta(path, unique=False)  # ids were checked in the input; a set of all would grow
 
 
 def part_count(n_records, records_per_file):
@@ -27,10 +24,11 @@ def part_count(n_records, records_per_file):
 
 
 def count_parts(protein_faa, records_per_file):
-    """The number of parts that split_parts will write, from the headers of the kept frames' proteins."""
-    with open(protein_faa) as handle:
-        n_records = sum(1 for line in handle if line.startswith(">"))
-    return part_count(n_records, records_per_file)
+    """The number of parts that split_parts will write, from the lines of the kept frames' proteins (two
+    per record), counted in blocks."""
+    with open(protein_faa, "rb") as handle:
+        lines = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+    return part_count(lines // 2, records_per_file)
 
 
 def split_parts(nucleotide_fa, protein_faa, out_dir, records_per_file=10_000):
@@ -41,17 +39,28 @@ def split_parts(nucleotide_fa, protein_faa, out_dir, records_per_file=10_000):
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = zip_longest(_records_or_none(nucleotide_fa), _records_or_none(protein_faa))
     n_parts = 0
-    while True:
-        batch = list(islice(pairs, records_per_file))
-        if not batch and n_parts:
-            return n_parts
-        if any(nuc is None or prot is None or nuc[0] != prot[0] for nuc, prot in batch):
-            raise InputError(
-                f"{nucleotide_fa} and {protein_faa} do not hold the same ids in the same order; rerun translate"
-            )
-        n_parts += 1
-        for index, suffix in ((0, ".fa"), (1, ".faa")):
-            with atomic_path(out_dir / f"output_{n_parts}{suffix}") as tmp, open(tmp, "w") as fh:
-                write_fasta(fh, (pair[index] for pair in batch))
+    with open(nucleotide_fa, "rb") as nucleotide, open(protein_faa, "rb") as protein:
+        while True:
+            batch = [list(islice(handle, 2 * records_per_file)) for handle in (nucleotide, protein)]
+            if not batch[0] and not batch[1] and n_parts:
+                return n_parts
+            _check_pairs(nucleotide_fa, protein_faa, *batch)
+            n_parts += 1
+            for lines, suffix in zip(batch, (".fa", ".faa")):
+                with atomic_path(out_dir / f"output_{n_parts}{suffix}") as tmp, open(tmp, "wb") as fh:
+                    fh.writelines(lines)
+
+
+def _check_pairs(nucleotide_fa, protein_faa, nucleotide, protein):
+    """InputError unless both batches of lines are records of a header and a sequence line each, with the
+    same headers in the same order."""
+    for lines in (nucleotide, protein):
+        if (len(lines) % 2 or (lines and not lines[-1].endswith(b"\n"))
+                or not all(map(bytes.startswith, lines[::2], repeat(b">"))) or b">" in b"".join(lines[1::2])):
+            raise InputError(f"{nucleotide_fa} and {protein_faa} are not kept-frame files (a header line and a "
+                             "sequence line per record); rerun translate")
+    if nucleotide[::2] != protein[::2]:
+        raise InputError(
+            f"{nucleotide_fa} and {protein_faa} do not hold the same ids in the same order; rerun translate"
+        )

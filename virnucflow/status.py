@@ -35,6 +35,14 @@ _JOB_OUTPUT = re.compile(r"^\s+output: (.+)$")
 _JOB_ID = re.compile(r"^\s+jobid: (\d+)$")
 
 
+def _planned_shards(plan):
+    """The number of shards in a sample's plan (`shard`), or None if there is none (yet, or any more)."""
+    try:
+        return json.loads(plan.read_text())["shards"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def sample_progress(workdir, sample, running=()):
     """A dict of the sample's steps: booleans for whole-sample steps, counts for per-part ones.
 
@@ -58,10 +66,9 @@ def sample_progress(workdir, sample, running=()):
     if n_parts is None:
         n_parts = len(split) if split is not None else (len(merged) if classified else None)
     translated = done(out / "identified_protein.faa") or n_parts is not None
-    sharded = (out / "shards").is_dir() and out / "shards" not in busy
     info = {
         "sample": sample,
-        "shards": len(list((out / "shards").glob("shard_*.fa"))) if sharded else None,
+        "shards": _planned_shards(out / "shards" / "plan.json") if out / "shards" not in busy else None,
         "shards_prepared": sum(done(p) for p in (out / "prepared").glob("shard_*.protein.faa")),
         "chunked": done(out / "chunked.fa") or translated,
         "translated": translated,

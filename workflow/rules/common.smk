@@ -78,7 +78,7 @@ def shards_of(wildcards):
 
 
 def prepared_shards(wildcards):
-    """The shards' chunked and kept-frame files of a sample, in shard order."""
+    """The shards' chunked and kept-frame files, ids and counts of a sample, in shard order."""
     n = shards_of(wildcards)
     pattern = "results/{sample}/prepared/shard_{i}.{name}"
     return {
@@ -90,6 +90,8 @@ def prepared_shards(wildcards):
             ("chunked", "chunked.fa"),
             ("nucleotide", "nucleotide.fa"),
             ("protein", "protein.faa"),
+            ("ids", "ids"),
+            ("counts", "json"),
         )
     }
 

@@ -1,5 +1,6 @@
-# Preparation, in shards: cut the input by records, chunk and translate each shard in a job of its own,
-# put the shards' files together in input order, then count and split the kept frames into parts.
+# Preparation, in shards: plan the shards (a gzipped input is decompressed for them), read, chunk and
+# translate each shard's byte range in a job of its own, check the sample's ids and put the shards' files
+# together in input order, then count and split the kept frames into parts.
 # (virnucflow/shards.py gives the sharding rule; the parts never depend on the shards.)
 
 
@@ -20,13 +21,15 @@ rule shard:
 
 
 rule prepare_shard:
-    # chunk + translate of one shard, streaming; the shards of a sample run in parallel
+    # read + chunk + translate of one shard, streaming; the shards of a sample run in parallel
     input:
         "results/{sample}/shards",
     output:
         chunked=keep("results/{sample}/prepared/shard_{shard}.chunked.fa"),
         nucleotide=keep("results/{sample}/prepared/shard_{shard}.nucleotide.fa"),
         protein=keep("results/{sample}/prepared/shard_{shard}.protein.faa"),
+        ids=keep("results/{sample}/prepared/shard_{shard}.ids"),
+        counts=keep("results/{sample}/prepared/shard_{shard}.json"),
     log:
         "logs/{sample}/prepare/shard_{shard}.log",
     conda:
@@ -34,13 +37,14 @@ rule prepare_shard:
     params:
         size=CHUNK_SIZE,
     shell:
-        "virnucflow prepare-shard --size {params.size} {input}/shard_{wildcards.shard}.fa "
+        "virnucflow prepare-shard --size {params.size} --shard {wildcards.shard} {input} "
         "--chunked {output.chunked} --nucleotide {output.nucleotide} "
-        "--protein {output.protein} > {log} 2>&1"
+        "--protein {output.protein} --ids {output.ids} --counts {output.counts} > {log} 2>&1"
 
 
 rule concatenate_shards:
-    # the sample's files, byte for byte those of one chunk and one translate job over the whole sample
+    # the whole sample's checks (ids unique, a record not empty), then the sample's files, byte for byte
+    # those of one chunk and one translate job over the whole sample
     input:
         unpack(prepared_shards),
     output:
@@ -56,7 +60,8 @@ rule concatenate_shards:
     shell:
         "virnucflow concatenate-shards --chunked {output.chunked} --chunked-shards {input.chunked} "
         "--nucleotide {output.nucleotide} --nucleotide-shards {input.nucleotide} "
-        "--protein {output.protein} --protein-shards {input.protein} > {log} 2>&1"
+        "--protein {output.protein} --protein-shards {input.protein} "
+        "--ids-shards {input.ids} --counts-shards {input.counts} > {log} 2>&1"
 
 
 checkpoint count_parts:

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Seconds from `sidecar ensure` to READY, twice in a row on one machine: the first start pays the models'
+# first sha256, the page cache and torch.compile's first compile; the second is the "has run it once
+# before" case of issue 12 point 5. Needs bench/real_models.py's models in $MODELS (default /tmp/m).
+#   bash bench/ready_time.sh [DEVICE] [MODE]       (defaults: cuda:0 fast)
+MODELS=${MODELS:-/tmp/m}
+DEVICE=${1:-cuda:0}
+MODE=${2:-fast}
+SIZE=${SIZE:-real}
+ESM=$(ls $MODELS/esm2_t*_${SIZE}_random.pt) DNA=$MODELS/dnabert_s_${SIZE}_random
+for i in 1 2; do
+  start=$(date +%s.%N)
+  python3 -m sidecar ensure --endpoint-file /tmp/ready_$i.json --wait ready --timeout 300 --esm2 "$ESM" \
+    --dnabert-s "$DNA" --device "$DEVICE" --mode "$MODE" --log /tmp/ready_$i.log > /dev/null || { tail -5 /tmp/ready_$i.log; exit 1; }
+  end=$(date +%s.%N)
+  python3 -c "print('start $i: READY after %.1f s' % ($end - $start))"
+  python3 -m sidecar stop --endpoint-file /tmp/ready_$i.json > /dev/null
+done
