@@ -8,11 +8,13 @@ DEVICE=${1:-cuda:0}
 MODE=${2:-fast}
 SIZE=${SIZE:-real}
 ESM=$(ls $MODELS/esm2_t*_${SIZE}_random.pt) DNA=$MODELS/dnabert_s_${SIZE}_random
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 for i in 1 2; do
   start=$(date +%s.%N)
-  python3 -m sidecar ensure --endpoint-file /tmp/ready_$i.json --wait ready --timeout 300 --esm2 "$ESM" \
-    --dnabert-s "$DNA" --device "$DEVICE" --mode "$MODE" --log /tmp/ready_$i.log > /dev/null || { tail -5 /tmp/ready_$i.log; exit 1; }
+  python3 -m sidecar ensure --endpoint-file $WORK/ready_$i.json --wait ready --timeout 300 --esm2 "$ESM" \
+    --dnabert-s "$DNA" --device "$DEVICE" --mode "$MODE" --log $WORK/ready_$i.log > /dev/null || { tail -5 $WORK/ready_$i.log; exit 1; }
   end=$(date +%s.%N)
   python3 -c "print('start $i: READY after %.1f s' % ($end - $start))"
-  python3 -m sidecar stop --endpoint-file /tmp/ready_$i.json > /dev/null
+  python3 -m sidecar stop --endpoint-file $WORK/ready_$i.json > /dev/null
 done

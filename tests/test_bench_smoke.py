@@ -40,3 +40,19 @@ def test_exact_vs_original_benchmark_at_ci_size(tmp_path):
     for model in ("esm2", "dnabert_s"):  # the same features as the original's loops, on the same device
         assert result[model]["bit_identical"] and result[model]["max_abs_diff"] == 0.0
         assert result[model]["original_frames_per_s"] > 0 and result[model]["exact_frames_per_s"] > 0
+
+
+def test_ready_time_script_at_ci_size(tmp_path):
+    """bench/ready_time.sh starts a sidecar twice and prints the seconds to READY of each start."""
+    import os
+
+    models = tmp_path / "models"
+    subprocess.run([sys.executable, str(REPO / "bench/real_models.py"), "--out", str(models), "--size", "tiny"],
+                   check=True, capture_output=True, timeout=300)
+    env = dict(os.environ, MODELS=str(models), SIZE="tiny",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(REPO / "bench/ready_time.sh"), "cpu", "fast"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "READY after" in line]
+    assert [line.split(":")[0] for line in lines] == ["start 1", "start 2"], proc.stdout
