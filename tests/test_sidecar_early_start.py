@@ -72,7 +72,9 @@ def test_each_part_went_to_one_of_the_two_sidecars_and_says_which(failed_then_re
 
 def test_a_rerun_after_a_failure_redoes_only_the_failed_sample(failed_then_rerun):
     replan, workdir = failed_then_rerun["replan"], failed_then_rerun["workdir"]
-    assert replan["shard"] == 1 and replan["count_parts"] == 1 and replan.get("sidecar", 0) <= 1, replan
+    # the broken sample still has parts to embed: both sidecars start with the rerun (the failed run's
+    # flags were forgotten on error), and nothing of the finished samples is planned
+    assert replan["shard"] == 1 and replan["count_parts"] == 1 and replan["sidecar"] == 2, replan
     assert result_times(workdir) == failed_then_rerun["before"], "a finished sample was redone"
     assert (workdir / "results/broken/run_info.json").is_file()
 
@@ -92,3 +94,12 @@ def test_a_partial_fresh_run_that_embeds_nothing_starts_no_sidecar(tmp_path):
         counts = plan(tmp_path, *args)
         assert counts and "sidecar" not in counts, (args, counts)
 
+
+def test_a_sample_added_to_a_finished_run_embeds_only_itself(failed_then_rerun):
+    """The sidecars start again for the new sample, and the finished samples' parts stay as they are."""
+    workdir = failed_then_rerun["workdir"]
+    sheet = (workdir / "samples.tsv").read_text()
+    (workdir / "samples_plus.tsv").write_text(sheet + f"added\t{DEMO_DATA / 'phage_mix.fa'}\n")
+    counts = plan(workdir, "--config", "samples=samples_plus.tsv")
+    assert counts["sidecar"] == 2 and counts["shard"] == 1, counts
+    assert "embed" not in counts and "merge" not in counts and "classify_part" not in counts, counts

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import contextlib
 import re
 import json
 import shlex
@@ -236,6 +237,25 @@ onstart:
         os.makedirs(SIDECAR_DIR, mode=0o700, exist_ok=True)
 
 
+def forget_local_sidecar_flags():
+    """Locally a flag says only that a sidecar was started; no embed job takes it (sidecar_inputs), so
+    Snakemake may leave it behind. Without it the next run that has a sample to embed starts its
+    sidecars with the run again. Under SLURM the flags end the sidecar jobs and Snakemake removes them.
+    """
+    if USE_SIDECAR and not EXTERNAL_ENDPOINT and not on_slurm():
+        for slot in sidecar_slots():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{SIDECAR_DIR}/{slot}.started")
+
+
+onsuccess:
+    forget_local_sidecar_flags()
+
+
+onerror:
+    forget_local_sidecar_flags()
+
+
 def visible_gpus():
     """GPU ordinals, chosen deterministically: the config's list, else all that CUDA_VISIBLE_DEVICES
     (or nvidia-smi) shows, numbered 0..n-1 as torch will see them. Snakemake assigns no GPU ids.
@@ -352,8 +372,13 @@ def sidecar_flags():
 
 
 def sidecar_inputs(wildcards):
-    """An embed job needs every sidecar of the run started: it picks one when it runs."""
-    if EXTERNAL_ENDPOINT or not USE_SIDECAR:
+    """Under SLURM an embed job needs every sidecar job of the run started: it picks one when it runs, and
+    cannot start one itself. Locally it names none: its client starts its home sidecar when none answers
+    (--ensure, embed_args), and the sidecars start with the run through run_info (sidecar_early_inputs).
+    A flag as an input would make Snakemake redo every finished part whenever a sidecar job runs
+    (ancient() holds back only files that exist, and the flags are temp()), so that a sample added to a
+    finished run would re-embed all the others."""
+    if EXTERNAL_ENDPOINT or not USE_SIDECAR or not on_slurm():
         return {}
     return sidecar_flags()
 

@@ -66,7 +66,8 @@ rule embed:
     # made its vectors.
     input:
         unpack(sidecar_inputs),
-        unpack(lambda wc: {} if USE_SIDECAR else model_files()),
+        # the demo's models, made by the workflow: a client checks its sidecar against their fingerprints
+        unpack(lambda wc: model_files()),
         settings=ancient(SETTINGS_FILE),
         identity="results/{sample}/embedding_identity.json",
         # the part's two files are in this temp() directory, removed once every part is embedded
