@@ -3,8 +3,9 @@
 Same features as `virnucflow.models.esm2.Esm2.embed` (last layer after the final LayerNorm, mean
 over residues 1..min(len, 1024)), computed differently:
 
-- fp16 weights and activations (never bf16: NOTES.md §2); LayerNorm statistics, rotary tables and
-  the rotation, softmax (inside the attention kernel) and the mean pooling run in fp32.
+- fp16 weights and activations (never bf16: its 8-bit mantissa moves ESM-2's features past fast
+  mode's tolerance); LayerNorm statistics, rotary tables and the rotation, softmax (inside the
+  attention kernel) and the mean pooling run in fp32.
 - proteins sorted longest first and packed into one [tokens, 2560] tensor: no padding in any
   matrix product; attention is variable-length flash on CUDA (`torch.nn.attention.varlen`) or
   SDPA per run of equal-length proteins (no padding, no mask) elsewhere.
