@@ -1,5 +1,6 @@
-"""The `virnucflow` command's basics: --version, status on a missing directory, status piped to `head`."""
+"""The `virnucflow` command's basics: --version, status on a missing directory, status piped to `head`, write-json."""
 
+import json
 import subprocess
 import sys
 
@@ -42,3 +43,14 @@ def test_help_lists_the_users_commands_first():
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and not line.startswith("     ")]
     assert listed[:5] == ["run", "check", "status", "fetch-models", "make-demo-models"], listed
     assert {"chunk", "embed", "classify"} <= set(listed[5:])
+
+
+def test_write_json_writes_the_document_or_nothing(tmp_path):
+    out = tmp_path / "settings.json"
+    ok = subprocess.run([sys.executable, "-m", "virnucflow", "write-json", "--output", str(out), '{"mode": "exact"}'],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(out.read_text()) == {"mode": "exact"}
+    bad = subprocess.run([sys.executable, "-m", "virnucflow", "write-json", "--output", str(tmp_path / "b.json"),
+                          "{mode"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "not JSON" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]

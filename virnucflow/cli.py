@@ -100,6 +100,18 @@ def cmd_run_info(args):
     logging.info("run info of %s written to %s", args.sample, args.output)
 
 
+def cmd_write_json(args):
+    import json
+
+    from virnucflow.provenance import write_json
+
+    try:
+        record = json.loads(args.document)
+    except json.JSONDecodeError as e:
+        raise InputError(f"write-json: the document is not JSON ({e}); pass one JSON value") from None
+    write_json(args.output, record)
+
+
 def cmd_embed(args):
     from virnucflow.embed_part import run_cli
 
@@ -431,6 +443,11 @@ def build_parser(command=None):
     p.add_argument("--output", required=True)
     p.add_argument("provenance", nargs="*", help="the parts' provenance records")
     p.set_defaults(func=cmd_run_info)
+
+    p = sub.add_parser("write-json", help="write one JSON document atomically (the run's settings files)")
+    p.add_argument("--output", required=True)
+    p.add_argument("document", help="the JSON text")
+    p.set_defaults(func=cmd_write_json)
 
     p = sub.add_parser("make-demo-models", help="write tiny random models in the real formats (demo, tests)")
     p.add_argument("--out-dir", required=True)
