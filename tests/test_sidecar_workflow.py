@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from workflow_runs import REPO, job_counts, orf_workload as many_parts_config, pid_alive, snakemake, wait_for
+from workflow_runs import (
+    job_counts, orf_workload as many_parts_config, pid_alive, snakemake, start_snakemake, wait_for,
+)
 
 pytestmark = pytest.mark.workflow
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv")
@@ -29,14 +30,6 @@ def status(endpoint_file):
         capture_output=True, text=True, timeout=60,
     )
     return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
-def start_snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    log = open(workdir / "snakemake.out", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def merged_count(workdir, sample="orfs"):

@@ -21,7 +21,7 @@ import pytest
 
 from workflow_runs import (
     LOCAL_PROFILE, REPO, job_state, jobcomp_records, orf_workload, slurm_jobids, slurm_problem,
-    slurm_profile, snakemake, wait_for, write_config,
+    slurm_profile, snakemake, start_snakemake, wait_for, write_config,
 )
 
 pytestmark = pytest.mark.slurm
@@ -66,14 +66,6 @@ def cwd_of(pid):
         return Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return None
-
-
-def start_snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    log = open(workdir / "snakemake.out", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
 
 
 def sidecar_jobid(workdir, slot="cpu"):

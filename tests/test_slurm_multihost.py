@@ -24,7 +24,8 @@ import pytest
 
 from virnucflow.demo_models import DNABERT_DIR, ESM2_FILE
 from workflow_runs import (
-    REPO, jobcomp_records, slurm_config, slurm_jobids, slurm_problem, slurm_profile, wait_for, write_config,
+    REPO, jobcomp_records, slurm_config, slurm_jobids, slurm_problem, slurm_profile, start_snakemake, wait_for,
+    write_config,
 )
 
 pytestmark = pytest.mark.slurm
@@ -79,14 +80,6 @@ def multihost_profile(dest, **changes):
                          latency_wait=5, **changes)
 
 
-def start_snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    log = open(workdir / "snakemake.out", "a")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
-
-
 def sidecar_jobs(workdir, slot="cpu"):
     """[(SLURM job id, node)] of the sidecar jobs of this workdir, in order, as their batch scripts printed them."""
     path = workdir / f"logs/sidecar/{slot}.slurm.log"
@@ -124,7 +117,7 @@ def lost_node_run(tmp_path_factory):
     write_config(workdir, records_per_file=8, embedding={"sidecar": True, "device": "cpu", **CLIENT_TIMEOUTS})
     server_log = workdir / "logs/sidecar/cpu.server.log"
     first = start_snakemake(workdir, "--workflow-profile", str(multihost_profile(workdir / "profile-first",
-                            keep_going=False)), "--retries", "0")
+                            keep_going=False)), "--retries", "0", append=True)
     lost = None
     try:
         assert wait_for(lambda: server_log.exists() and server_log.read_text().count(" ok\n") >= 2, 600), \

@@ -48,18 +48,31 @@ def write_demo_run_config(workdir):
     return config
 
 
-def snakemake(workdir, *args, config=None, timeout=600, check=True, env=None):
+def _snakemake_command(workdir, args, config=None, env=None):
+    """The command line and environment of a snakemake run in `workdir` (this venv's bin first on PATH)."""
     cmd = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
         "--configfile", str(config or Path(workdir) / "config.yaml"), *args,
     ]
     run_env = dict(os.environ, **(env or {}))
-    bindir = str(Path(sys.executable).parent)
-    run_env["PATH"] = bindir + os.pathsep + run_env.get("PATH", "")
+    run_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + run_env.get("PATH", "")
+    return cmd, run_env
+
+
+def snakemake(workdir, *args, config=None, timeout=600, check=True, env=None):
+    cmd, run_env = _snakemake_command(workdir, args, config, env)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=run_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     return proc
+
+
+def start_snakemake(workdir, *args, append=False):
+    """A snakemake run started in the background, its output in `workdir`/snakemake.out (appended to, or
+    started anew)."""
+    cmd, run_env = _snakemake_command(workdir, args)
+    log = open(Path(workdir) / "snakemake.out", "a" if append else "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, text=True)
 
 
 def job_counts(dry_run_output):

@@ -1,0 +1,184 @@
+"""Where fast DNABERT-S's fp16 difference comes from, and what each way of removing it buys: a CPU study.
+
+fp16 matrix products on this CPU are ~40x slower than fp32, so each numeric variant is emulated in fp32 with
+fp16 rounding at the points where the GPU path rounds: a product of fp16 inputs accumulated in fp32 is exact
+in fp32 up to the order of the sums, which is what the tensor cores do. The forward is the packed one of
+virnucflow.models.mosaicbert_fast (same weights, same order of operations); the reference is the same forward
+with nothing rounded (fp32, which equals DnabertS.embed to ~1e-7: checked on the first frames).
+
+Variants (ROUNDING): which points are rounded to fp16.
+  fp16            the shipped default: weights, GEMM inputs and outputs, attention, residual stream, embeddings
+                  (LayerNorm scales and shifts fp32)
+  fp16-fp32-residual   the same with the residual stream in fp32
+  fp32-out        GEMM outputs fp32 (cuBLAS out_dtype), residual fp32; weights still fp16
+  split           weights as two fp16 halves (hi + lo: 22 bits), GEMM outputs fp32, residual fp32, embeddings fp32
+  split-fp16-out  the same with GEMM outputs rounded to fp16
+
+Figures per variant: 1 - mean cosine to the reference, and with a random classifier calibrated 50/50 on the
+reference features (ESM-2 features random and the same on both sides: DNABERT-S's share alone) the mean logit
+shift and mean |shift|. The flips of a classifier grow with mean |shift| (the density of logits at the
+boundary times it), so the ratio of each variant's mean |shift| to fp16's scales the H200's measured flips.
+
+    python bench/dnabert_rounding.py --models-dir /tmp/m --tokenizer .benchdata/tokenizer.json --frames 400
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agreement import calibrated_shift  # noqa: E402
+from real_models import DNA_SIZES, write_dnabert  # noqa: E402
+from workload import many_frames  # noqa: E402
+
+from virnucflow.classifier import write_random_classifier  # noqa: E402
+from virnucflow.models.dnabert_s import load_dnabert_s  # noqa: E402
+from virnucflow.models.mosaicbert import alibi_bias  # noqa: E402
+from virnucflow.models.packed import Packing, bucket_attention  # noqa: E402
+
+ROUNDING = {  # point -> rounded to fp16?  (weights: "fp16", "split" (hi + lo) or "fp32")
+    "fp32": dict(weights="fp32", gemm_in=False, gemm_out=False, residual=False, attention=False, embeddings=False),
+    "fp16": dict(weights="fp16", gemm_in=True, gemm_out=True, residual=True, attention=True, embeddings=True),
+    "fp16-fp32-residual": dict(weights="fp16", gemm_in=True, gemm_out=True, residual=False, attention=True,
+                               embeddings=True),
+    "fp32-out": dict(weights="fp16", gemm_in=True, gemm_out=False, residual=False, attention=True, embeddings=True),
+    "split": dict(weights="split", gemm_in=True, gemm_out=False, residual=False, attention=True, embeddings=False),
+    "split-fp16-out": dict(weights="split", gemm_in=True, gemm_out=True, residual=False, attention=True,
+                           embeddings=False),
+}
+
+
+def fp16(x):
+    return x.half().float()
+
+
+def split(w):
+    """w as hi + lo, both fp16 values (lo scaled by 2^12 while stored, so that it stays a normal fp16 number)."""
+    hi = fp16(w)
+    return hi + fp16((w - hi) * 4096) / 4096
+
+
+class Emulated:
+    """The packed forward of FastDnabertS in fp32, rounded to fp16 where `rounding` says."""
+
+    def __init__(self, model, rounding):
+        self.model, self.r = model, rounding
+        weights = {"fp16": fp16, "split": split, "fp32": lambda w: w}[rounding["weights"]]
+        self.w = {name: weights(p.detach()) for name, p in model.named_parameters()
+                  if p.ndim == 2 and "embeddings" not in name}
+        self.heads = model.config.num_attention_heads
+
+    def _round(self, point, x):
+        return fp16(x) if self.r[point] else x
+
+    def _linear(self, x, name, bias=None):
+        y = F.linear(self._round("gemm_in", x), self.w[name])
+        y = self._round("gemm_out", y)
+        return y if bias is None else self._round("gemm_out", y + bias.detach())
+
+    def _alibi(self, length):
+        return self._round("attention", alibi_bias(self.heads, length))
+
+    def forward(self, ids, packing):
+        m = self.model
+        emb = m.embeddings
+        table = self._round("embeddings", emb.word_embeddings.weight.detach())
+        x = self._round("embeddings", table[ids] + self._round("embeddings", emb.token_type_embeddings.weight.detach()[0]))
+        x = self._round("residual", F.layer_norm(x, (x.shape[1],), emb.LayerNorm.weight, emb.LayerNorm.bias,
+                                                 emb.LayerNorm.eps))
+        T, H = ids.shape[0], self.heads
+        D = x.shape[1] // H
+        for i, layer in enumerate(m.encoder.layer):
+            p = f"encoder.layer.{i}."
+            att = layer.attention
+            qkv = self._linear(x, p + "attention.self.Wqkv.weight", att.self.Wqkv.bias).view(T, 3, H, D)
+            q, k, v = (self._round("attention", qkv[:, j]) for j in range(3))
+            o = self._round("attention", bucket_attention(q, k, v, packing, self._alibi, scale=1 / math.sqrt(D)))
+            y = self._linear(o.reshape(T, -1), p + "attention.output.dense.weight", att.output.dense.bias)
+            ln = att.output.LayerNorm
+            x = self._round("residual", F.layer_norm(y + x, ln.normalized_shape, ln.weight, ln.bias, ln.eps))
+            mlp = layer.mlp
+            width = mlp.gated_layers.weight.shape[0] // 2
+            gated = self._linear(x, p + "mlp.gated_layers.weight")
+            h = self._round("gemm_in", F.gelu(gated[:, :width]) * gated[:, width:])
+            y = self._linear(h, p + "mlp.wo.weight", mlp.wo.bias)
+            ln = mlp.layernorm
+            x = self._round("residual", F.layer_norm(y + x, ln.normalized_shape, ln.weight, ln.bias, ln.eps))
+        return x
+
+    @torch.no_grad()
+    def embed(self, tokens, batch=64):
+        out = []
+        for start in range(0, len(tokens), batch):
+            group = tokens[start:start + batch]
+            lengths = np.array([len(t) for t in group])
+            order = np.argsort(-lengths, kind="stable")
+            packing = Packing(lengths[order], "cpu")
+            states = self.forward(torch.from_numpy(np.concatenate([group[j] for j in order])), packing)
+            sums = torch.zeros((len(group), states.shape[1]), dtype=torch.float64)
+            sums.index_add_(0, packing.seq_ids, states.double())
+            means = (sums / torch.from_numpy(lengths[order]).double()[:, None]).float().numpy()
+            result = np.empty_like(means)
+            result[order] = means
+            out.append(result)
+        return np.concatenate(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", required=True, help="DNABERT-S is made here if absent (bench/real_models.py)")
+    ap.add_argument("--tokenizer", help="the real DNABERT-S tokenizer.json")
+    ap.add_argument("--size", choices=("real", "tiny"), default="real")
+    ap.add_argument("--frames", type=int, default=400)
+    ap.add_argument("--variants", nargs="+", default=[v for v in ROUNDING if v != "fp32"], choices=list(ROUNDING))
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    dna_dir = Path(args.models_dir) / f"dnabert_s_{args.size}_random"
+    if not (dna_dir / "model.safetensors").exists():
+        write_dnabert(dna_dir, args.tokenizer, **DNA_SIZES[args.size])
+    exact = load_dnabert_s(str(dna_dir), device="cpu")
+    half = args.frames // 2
+    rows = many_frames(half, 500, seed=100, workers=2) + many_frames(args.frames - half, 300, seed=101, workers=2)
+    tokens = [np.array(exact.tokenizer.encode(r[1]).ids, dtype=np.int64) for r in rows]
+    result = {"frames": len(rows), "size": args.size, "tokens": int(sum(map(len, tokens))), "variants": {}}
+
+    t0 = time.perf_counter()
+    reference = Emulated(exact.model, ROUNDING["fp32"]).embed(tokens)
+    result["reference_seconds"] = round(time.perf_counter() - t0, 1)
+    check = exact.embed([r[1] for r in rows[:4]])
+    result["reference_vs_dnabert_s_max_abs"] = float(np.abs(check - reference[:4]).max())
+    rng = np.random.default_rng(7)
+    esm = rng.standard_normal((len(rows), 2560)).astype(np.float32) * float(reference.std())
+    classifier = Path(args.models_dir) / "rounding_classifier.pth"
+    write_random_classifier(classifier, input_dim=reference.shape[1] + esm.shape[1], seed=3)
+    base = None
+    for name in args.variants:
+        fast = Emulated(exact.model, ROUNDING[name]).embed(tokens)
+        figures = calibrated_shift(classifier, reference, esm, fast, esm)
+        a, b = fast.astype(np.float64), reference.astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        entry = {"one_minus_cos_mean": float(1 - cos.mean()),
+                 "mean_logit_shift": figures["mean_logit_shift"],
+                 "mean_abs_logit_shift": figures["mean_abs_logit_shift"], "labels_differ": figures["labels_differ"]}
+        if name == "fp16":
+            base = entry
+        if base:
+            entry["abs_shift_vs_fp16"] = round(entry["mean_abs_logit_shift"] / base["mean_abs_logit_shift"], 3)
+        result["variants"][name] = entry
+        print(name, json.dumps(entry), flush=True)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
