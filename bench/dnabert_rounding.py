@@ -10,9 +10,11 @@ Variants (ROUNDING): which points are rounded to fp16.
   fp16            the shipped default: weights, GEMM inputs and outputs, attention, residual stream, embeddings
                   (LayerNorm scales and shifts fp32)
   fp16-fp32-residual   the same with the residual stream in fp32
+  fp16-fp32-attention  the same with attention (q, k, v, the ALiBi bias, the output) in fp32
   fp32-out        GEMM outputs fp32 (cuBLAS out_dtype), residual fp32; weights still fp16
-  split           weights as two fp16 halves (hi + lo: 22 bits), GEMM outputs fp32, residual fp32, embeddings fp32
-  split-fp16-out  the same with GEMM outputs rounded to fp16
+  split           weights as two fp16 halves (hi + lo: 22 bits), GEMM outputs fp32, residual fp32, embeddings fp32:
+                  the precision fp16-split where cuBLAS returns fp32 products
+  split-fp16-out  the same with GEMM outputs rounded to fp16 (fp16-split where it cannot)
 
 Figures per variant: 1 - mean cosine to the reference, and with a random classifier calibrated 50/50 on the
 reference features (ESM-2 features random and the same on both sides: DNABERT-S's share alone) the mean logit
@@ -48,6 +50,8 @@ ROUNDING = {  # point -> rounded to fp16?  (weights: "fp16", "split" (hi + lo) o
     "fp16": dict(weights="fp16", gemm_in=True, gemm_out=True, residual=True, attention=True, embeddings=True),
     "fp16-fp32-residual": dict(weights="fp16", gemm_in=True, gemm_out=True, residual=False, attention=True,
                                embeddings=True),
+    "fp16-fp32-attention": dict(weights="fp16", gemm_in=True, gemm_out=True, residual=True, attention=False,
+                                embeddings=True),
     "fp32-out": dict(weights="fp16", gemm_in=True, gemm_out=False, residual=False, attention=True, embeddings=True),
     "split": dict(weights="split", gemm_in=True, gemm_out=False, residual=False, attention=True, embeddings=False),
     "split-fp16-out": dict(weights="split", gemm_in=True, gemm_out=True, residual=False, attention=True,

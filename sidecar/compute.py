@@ -86,6 +86,8 @@ class Compute:
         esm2, dnabert = self.cfg.models.get("esm2"), self.cfg.models.get("dnabert_s")
         # before loading, so that a model file changed since its fetch stops the load
         self.fingerprints = model_fingerprints(esm2 and esm2[0], dnabert and dnabert[0], dnabert and dnabert[1])
+        if self.cfg.compile_cache_dir and self.cfg.mode == "fast":  # only fast mode compiles
+            log.info("compile cache: %s", backends.use_compile_cache(self.cfg.compile_cache_dir, self.fingerprints))
         for name, (source, revision) in self.cfg.models.items():
             backend = backends.make_backend(
                 name, source, device=self.device, revision=revision, mode=self.cfg.mode,

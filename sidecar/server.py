@@ -51,6 +51,7 @@ class ServeConfig:
     dedup_cache_entries: int
     unsafe_trust_pickle: tuple  # sha256s of model files that may be unpickled in full (virnucflow.safe_load)
     reply_cache_mb: float  # recent results kept for clients that resend a request id
+    compile_cache_dir: str  # torch.compile's caches, per model fingerprints (None: torch's default place)
     tcp: str = None  # "HOST:PORT"; None = local ipc socket
     secret_file: str = None
     socket_dir: str = None
@@ -72,6 +73,7 @@ class ServeConfig:
                    drain_timeout=settings.drain_timeout, log_interval=settings.log_interval,
                    dedup_cache_mb=settings.dedup_cache_mb, dedup_cache_entries=settings.dedup_cache_entries,
                    unsafe_trust_pickle=settings.unsafe_trust_pickle, reply_cache_mb=settings.reply_cache_mb,
+                   compile_cache_dir=settings.compile_cache_dir,
                    limits=settings.limits(), **listen)
 
 

@@ -267,3 +267,14 @@ def test_snakemake_own_message_for_a_broken_yaml_is_two_lines(tmp_path):
     proc = snakemake(tmp_path, "-n", config=tmp_path / "bad.yaml", check=False)
     assert proc.returncode == 1 and len(proc.stdout.strip().splitlines()) <= 2, proc.stdout
     assert "Config file is not valid JSON or YAML" in proc.stdout
+
+
+@pytest.mark.unit
+def test_the_schema_offers_the_settings_choices():
+    """The schema's lists of choices are the settings' own (EmbeddingSettings), so that no value is valid in
+    one and refused by the other."""
+    embedding = SCHEMA["properties"]["embedding"]["properties"]
+    for field in EmbeddingSettings.__dataclass_fields__.values():
+        choices, key = field.metadata["choices"], field.metadata["config"]
+        if choices and key and key.startswith("embedding."):
+            assert embedding[key.split(".", 1)[1]]["enum"] == list(choices), key

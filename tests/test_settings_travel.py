@@ -80,13 +80,16 @@ def test_an_embed_job_that_starts_its_sidecar_passes_the_mode(settings_files, tm
 
 
 def test_a_hand_started_sidecar_reads_the_settings_file_and_options_override_it(settings_files, tmp_path):
-    endpoint = tmp_path / "hand.json"
+    """...and a fast one keeps torch.compile's caches where --compile-cache-dir says, per model fingerprints."""
+    endpoint, kernels = tmp_path / "hand.json", tmp_path / "kernels"
     server = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--endpoint-file", str(endpoint),
-                               "--settings-file", str(settings_files["exact"]), "--mode", "fast"],
+                               "--settings-file", str(settings_files["exact"]), "--mode", "fast",
+                               "--compile-cache-dir", str(kernels)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(endpoint.exists, 60)
         assert status_when_ready(endpoint)["mode"] == "fast"
+        assert len(list(kernels.iterdir())) == 1 and (kernels.stat().st_mode & 0o777) == 0o700
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -1,5 +1,7 @@
 """Sidecar backends over the real tiny models: one load, exact vectors, halving on CUDA out-of-memory."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,27 @@ def test_device_checks():
             configure_device("cuda:0")
     with pytest.raises(ValueError, match="unknown model"):
         make_backend("bert", "x")
+
+
+def test_the_compile_cache_is_private_and_per_model(tmp_path, monkeypatch):
+    """embedding.compile_cache_dir: torch.compile's caches go to a 0700 subdirectory of the models' fingerprints
+    (a changed model gets its own), and a directory that other users may write is refused in one line."""
+    from sidecar.backends import use_compile_cache
+    from sidecar.safe_files import UnsafePath
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "cache"
+    first = use_compile_cache(root, {"esm2": "a" * 64, "dnabert_s": "b" * 64})
+    assert first.parent == root and (root.stat().st_mode & 0o777, first.stat().st_mode & 0o777) == (0o700, 0o700)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(first / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(first / "triton")
+    assert use_compile_cache(root, {"esm2": "a" * 64, "dnabert_s": "b" * 64}) == first
+    assert use_compile_cache(root, {"esm2": "c" * 64, "dnabert_s": "b" * 64}) != first
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UnsafePath, match=r"compile cache directory .*shared has mode 0777, open to other users; "
+                                         r"run: chmod go-w") as caught:
+        use_compile_cache(shared, {"esm2": "a" * 64})
+    assert "\n" not in str(caught.value)

@@ -50,6 +50,29 @@ def prepare_torch_environment():
     return os.environ["PYTORCH_CUDA_ALLOC_CONF"]
 
 
+def use_compile_cache(directory, fingerprints):
+    """torch.compile's caches (inductor's graphs and kernels, Triton's binaries) under `directory`, in a
+    subdirectory of these model fingerprints: kept across runs and across the machines that share it, and a
+    changed model (or revision) starts a cache of its own. Compiled kernels are code that this process
+    runs, so the directory must be this user's and not writable by others (made 0700 when absent). Returns the
+    subdirectory. Call before the first torch.compile."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from sidecar import safe_files
+
+    root = Path(directory).expanduser()
+    key = hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()[:16]
+    path = root / key
+    for level in (root, path):
+        safe_files.make_dir(level)
+        os.close(safe_files.open_dir(level, "compile cache directory", forbidden=safe_files.NOT_WRITABLE))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+    return path
+
+
 def configure_device(device, memory_fraction=None, threads=None):
     """Validate the device string and apply the memory fraction (CUDA) or thread count (CPU); returns the
     canonical device name."""

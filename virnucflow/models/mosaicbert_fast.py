@@ -25,7 +25,14 @@ each layer adds to) in fp32 and rounds only the inputs of the matrix products an
 "fp16-fp32-attention" runs attention (its q, k, v, the ALiBi bias and the softmax) in fp32 and the rest as
 "fp16": in fp16 the ALiBi bias -slope x distance is rounded (to 1/128 at distance 1 of the steepest head,
 to 1/32 from 4 on), the same rounding for every sequence, and a likely source of the shared offset that
-fp16 leaves in the features (docs/benchmarks.md, issue 12); "fp32" runs the same packed path in fp32 (TF32 off). `dtype=torch.float32` is "fp32" (the agreement test).
+fp16 leaves in the features (docs/benchmarks.md, issue 12); "fp16-split" keeps fp16 products but removes
+the rounding of the weights, the largest remaining source of difference from fp32 (bench/dnabert_rounding.py):
+each weight W is stored as two fp16 halves, hi = fp16(W) and lo = fp16((W - hi) * 2^12), side by side along
+the inner dimension, and each product takes [x, x * 2^-12] (fp16) as its input, so that one GEMM of twice the
+inner width sums x @ hi + x @ lo * 2^-12 in fp32: W to 22 bits. Products come out in fp32 where cuBLAS can
+(`torch.mm(..., out_dtype=torch.float32)`), the residual stream and the embedding tables stay fp32; attention
+is fp16. Twice the GEMM work of "fp16". "fp32" runs the same packed path in fp32 (TF32 off).
+`dtype=torch.float32` is "fp32" (the agreement test).
 """
 
 from __future__ import annotations
@@ -42,9 +49,11 @@ from virnucflow.models.packed import Packing, Pending, bucket_attention, launch_
 
 
 # precision -> (weights and products, residual stream, attention)
+_LO_SHIFT = 12  # fp16-split: lo = (W - hi) * 2^12 is a normal fp16 number; the inputs take the 2^-12
 _DTYPES = {"fp16": (torch.float16, torch.float16, torch.float16),
            "fp16-fp32-residual": (torch.float16, torch.float32, torch.float16),
            "fp16-fp32-attention": (torch.float16, torch.float16, torch.float32),
+           "fp16-split": (torch.float16, torch.float32, torch.float16),
            "fp32": (torch.float32, torch.float32, torch.float32)}
 
 
@@ -77,6 +86,9 @@ class FastDnabertS:
         self.head_dim = config.hidden_size // self.heads
         self.intermediate = config.intermediate_size
         model = exact.model
+        self.split = self.precision == "fp16-split"
+        if self.split:
+            self._split_weights(model)
         norms = [model.embeddings.LayerNorm] + [n for layer in model.encoder.layer
                                                 for n in (layer.attention.output.LayerNorm, layer.mlp.layernorm)]
         fp32_norms = [(n.weight.detach().float().clone(), n.bias.detach().float().clone()) for n in norms]
@@ -86,12 +98,54 @@ class FastDnabertS:
             norm.weight = torch.nn.Parameter(weight.to(self.device), requires_grad=False)
             norm.bias = torch.nn.Parameter(bias.to(self.device), requires_grad=False)
         self._bias = {}
-        for layer in self.model.encoder.layer:  # gate and value halves as contiguous row blocks (views)
-            weight = layer.mlp.gated_layers.weight
-            layer.mlp.gate_weight = weight[: self.intermediate]
-            layer.mlp.value_weight = weight[self.intermediate:]
+        self._setup_products()
         self._setup_fusion(self.device.type == "cuda" if compile is None else compile)
         self._setup_attention(attention)
+
+    def _split_weights(self, model):
+        """fp16-split: every Linear's weight as [hi, lo] fp16 halves along its inner dimension, its bias fp32,
+        the embedding tables fp32 (attributes beside the module's own, which are converted with the rest)."""
+        for layer in model.encoder.layer:
+            for linear in (layer.attention.self.Wqkv, layer.attention.output.dense, layer.mlp.gated_layers,
+                           layer.mlp.wo):
+                w = linear.weight.detach().float()
+                hi = w.half()
+                linear.split_weight = torch.cat([hi, ((w - hi.float()) * 2.0**_LO_SHIFT).half()], dim=1) \
+                    .to(self.device)
+                linear.split_bias = None if linear.bias is None else linear.bias.detach().float().to(self.device)
+        emb = model.embeddings
+        self._tables = (emb.word_embeddings.weight.detach().float().to(self.device),
+                        emb.token_type_embeddings.weight.detach()[0].float().to(self.device))
+
+    def _setup_products(self):
+        """fp16-split: products returned in fp32 by cuBLAS itself (`out_dtype`) where this torch and device
+        have it and it matches fp32 math; else the fp16 product, widened (its output rounding stays)."""
+        self.products_fp32 = False
+        if not self.split or self.device.type != "cuda":
+            return
+        try:
+            g = torch.Generator(device=self.device).manual_seed(0)
+            a, b = (torch.randn(64, 96, generator=g, device=self.device).half() for _ in range(2))
+            out = torch.mm(a, b.t(), out_dtype=torch.float32)
+            if out.dtype == torch.float32 and torch.allclose(out, a.float() @ b.float().t(), atol=1e-3, rtol=1e-3):
+                self.products_fp32 = True
+        except (TypeError, RuntimeError, NotImplementedError):  # this torch or device lacks it
+            return
+
+    def _input(self, x):
+        """A product's input: x in fp16; in fp16-split [x, x * 2^-12], for the [hi, lo] weight halves."""
+        x = x.to(self.dtype)
+        return torch.cat([x, x * 2.0**-_LO_SHIFT], dim=1) if self.split else x
+
+    def _linear(self, inputs, linear, rows=None):
+        """inputs @ W.T + b of one of the model's Linears (`rows`: a row block of W, no bias)."""
+        if not self.split:
+            weight = linear.weight if rows is None else linear.weight[rows]
+            return F.linear(inputs, weight, linear.bias if rows is None else None)
+        weight = linear.split_weight if rows is None else linear.split_weight[rows]
+        y = torch.mm(inputs, weight.t(), out_dtype=torch.float32) if self.products_fp32 else \
+            torch.mm(inputs, weight.t()).float()
+        return y + linear.split_bias if rows is None and linear.split_bias is not None else y
 
     def token_ids(self, seq: str) -> list[int]:
         return self.tokenizer.encode(seq).ids
@@ -160,10 +214,11 @@ class FastDnabertS:
             gated_gelu = torch.compile(_gated_gelu, dynamic=None)
             g = torch.Generator(device=self.device).manual_seed(0)
             ln = self.model.encoder.layer[0].mlp.layernorm
+            products = torch.float32 if self.split else self.dtype  # the dtypes that the forward passes
             for rows in (37, 1000):  # two sizes, so that the dynamic-shape kernel is what gets checked
-                y, x = (torch.randn(rows, ln.normalized_shape[0], generator=g, device=self.device).to(self.dtype)
-                        for _ in range(2))
-                a, b = (torch.randn(rows, self.intermediate, generator=g, device=self.device).to(self.dtype)
+                y, x = (torch.randn(rows, ln.normalized_shape[0], generator=g, device=self.device).to(dtype)
+                        for dtype in (products, self.residual_dtype))
+                a, b = (torch.randn(rows, self.intermediate, generator=g, device=self.device).to(products)
                         for _ in range(2))
                 norm = (ln.weight, ln.bias)
                 if not (torch.allclose(add_norm(y, x, *norm).float(), eager_add_norm(y, x, *norm).float(),
@@ -178,25 +233,28 @@ class FastDnabertS:
         """ids [T] (device) -> last hidden states [T, hidden] (the residual stream's dtype)."""
         m = self.model
         emb = m.embeddings
-        x = F.embedding(ids, emb.word_embeddings.weight) + emb.token_type_embeddings.weight[0]
+        if self.split:
+            x = F.embedding(ids, self._tables[0]) + self._tables[1]
+        else:
+            x = F.embedding(ids, emb.word_embeddings.weight) + emb.token_type_embeddings.weight[0]
         x = _layer_norm(x, emb.LayerNorm, self.residual_dtype)  # x: the residual stream
         T, H, D = ids.shape[0], self.heads, self.head_dim
         scale = 1.0 / math.sqrt(D)
+        gate, value = slice(0, self.intermediate), slice(self.intermediate, None)
         for layer in m.encoder.layer:
             att = layer.attention
-            inputs = x.to(self.dtype)
-            qkv = F.linear(inputs, att.self.Wqkv.weight, att.self.Wqkv.bias).view(T, 3, H, D)
+            qkv = self._linear(self._input(x), att.self.Wqkv).view(T, 3, H, D)
             a = self.attention_dtype
             o = bucket_attention(qkv[:, 0].to(a), qkv[:, 1].to(a), qkv[:, 2].to(a), packing, self._alibi,
-                                 scale=scale, backends=self._sdpa).to(self.dtype)
+                                 scale=scale, backends=self._sdpa)
             ln = att.output.LayerNorm
-            x = self._add_norm(F.linear(o.reshape(T, -1), att.output.dense.weight, att.output.dense.bias), x,
-                               ln.weight, ln.bias)
+            x = self._add_norm(self._linear(self._input(o.reshape(T, -1)), att.output.dense), x, ln.weight, ln.bias)
             mlp = layer.mlp
-            inputs = x.to(self.dtype)
-            h = self._gated_gelu(F.linear(inputs, mlp.gate_weight), F.linear(inputs, mlp.value_weight))
+            inputs = self._input(x)
+            h = self._gated_gelu(self._linear(inputs, mlp.gated_layers, gate),
+                                 self._linear(inputs, mlp.gated_layers, value))
             ln = mlp.layernorm
-            x = self._add_norm(F.linear(h, mlp.wo.weight, mlp.wo.bias), x, ln.weight, ln.bias)
+            x = self._add_norm(self._linear(self._input(h), mlp.wo), x, ln.weight, ln.bias)
         return x
 
     def _embed_sorted(self, token_arrays):
