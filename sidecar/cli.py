@@ -53,6 +53,8 @@ def build_parser():
     serve = sub.add_parser("serve", help="run a sidecar in the foreground (exec it from a service rule)")
     serve.add_argument("--endpoint-file", required=True, metavar="F", help="endpoint file to write")
     serve.add_argument("--watch-pid", type=int, metavar="PID", help="exit when this process is gone")
+    serve.add_argument("--lease-dir", metavar="DIR", help="exit once DIR has held a lease (*.started, one per sample "
+                       "that needs this sidecar) and holds none; remove those left when stopping otherwise")
     serve.add_argument("--log", metavar="F", help="log file (default stderr)")
     _serve_options(serve)
 
@@ -104,7 +106,7 @@ def cmd_serve(ns):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     return server.run(_settings(ns), ns.endpoint_file, tcp=ns.tcp, secret_file=ns.secret_file,
-                      socket_dir=ns.socket_dir, watch_pid=ns.watch_pid)
+                      socket_dir=ns.socket_dir, watch_pid=ns.watch_pid, lease_dir=ns.lease_dir)
 
 
 def cmd_ensure(ns):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-from . import protocol, rendezvous, safe_files
+from . import leases, protocol, rendezvous, safe_files
 from .admission import Admission, Admissions
 from .batcher import Busy, Closed, Job
 from .replies import Outbox, Requests
@@ -83,6 +83,8 @@ class Router:
         self._last_log = time.monotonic()
         self._failed_at = None
         self._watch_ticks = rendezvous.start_ticks(cfg.watch_pid) if cfg.watch_pid else None
+        self._leases = leases.LeaseWatch(cfg.lease_dir) if cfg.lease_dir else None
+        self.leases_released = False  # stopped because every sample gave its lease back
         self._wake_lock = threading.Lock()
 
     def on_finished(self, jobs):
@@ -210,6 +212,9 @@ class Router:
             return f"endpoint file replaced: {exc}"
         if info.get("pid") != self.pid:
             return f"endpoint file {self.cfg.endpoint_file} now names pid {info.get('pid')}"
+        if self._leases and self._leases.released(now):
+            self.leases_released = True
+            return f"no sample holds a lease any more ({self.cfg.lease_dir})"
         if (self.cfg.idle_timeout and self.state == protocol.READY and self.batcher.depth()["requests"] == 0
                 and now - self.last_activity > self.cfg.idle_timeout):
             return f"idle for {self.cfg.idle_timeout:g} s"

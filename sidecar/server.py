@@ -15,7 +15,7 @@ import time
 
 from virnucflow.provenance import package_versions
 
-from . import protocol, rendezvous
+from . import leases, protocol, rendezvous
 from .backends import WHOLE_REQUESTS
 from .batcher import Batcher
 from .compute import Compute
@@ -56,11 +56,12 @@ class ServeConfig:
     secret_file: str = None
     socket_dir: str = None
     watch_pid: int = None
+    lease_dir: str = None  # the samples' leases on this sidecar (sidecar.leases)
     limits: protocol.Limits = protocol.LIMITS  # what one message may hold (sizes, depth, sequence lengths)
 
     @classmethod
     def from_settings(cls, settings, endpoint_file, **listen):
-        """`settings`: an EmbeddingSettings; `listen`: tcp, secret_file, socket_dir, watch_pid."""
+        """`settings`: an EmbeddingSettings; `listen`: tcp, secret_file, socket_dir, watch_pid, lease_dir."""
         from .backends import resolve_device
 
         device = resolve_device(settings.device)
@@ -106,12 +107,15 @@ def serve(cfg):
         removed = listener.close(pid)
         reason = (router and router.stop_reason) or (router and router.compute.load_error) or "exit"
         log.info("stopped (%s); endpoint file %s", reason, "removed" if removed else "left to its new owner or gone")
+        if cfg.lease_dir and not (router and router.leases_released):
+            # stopped with samples still to embed: their leases go, so that the next run starts a new sidecar
+            log.info("removed %d lease(s) in %s", leases.release_all(cfg.lease_dir), cfg.lease_dir)
 
 
 def run(settings, endpoint_file, **listen):
     """Entry point of `sidecar serve`: returns the exit code. Call before torch is imported.
 
-    `settings`: an EmbeddingSettings; `listen`: tcp, secret_file, socket_dir, watch_pid."""
+    `settings`: an EmbeddingSettings; `listen`: tcp, secret_file, socket_dir, watch_pid, lease_dir."""
     from .backends import prepare_torch_environment
 
     prepare_torch_environment()

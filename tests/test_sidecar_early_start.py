@@ -55,8 +55,9 @@ def failed_then_rerun(tmp_path_factory):
 
 def test_a_fresh_run_plans_the_sidecar_before_any_part_exists(failed_then_rerun):
     fresh = failed_then_rerun["fresh"]
-    # the embed jobs are not known yet (they come after the count_parts checkpoint), the sidecar is
-    assert fresh["sidecar"] == 2 and "embed" not in fresh and fresh["shard"] == 4
+    # the embed jobs are not known yet (they come after the count_parts checkpoint), the sidecars are: one
+    # `sidecar` job per sidecar and sample (4 x 2), each the sample's flag (under SLURM its lease)
+    assert fresh["sidecar"] == 8 and "embed" not in fresh and fresh["shard"] == 4
 
 
 def test_each_part_went_to_one_of_the_two_sidecars_and_says_which(failed_then_rerun):

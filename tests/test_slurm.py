@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from workflow_runs import (
-    LOCAL_PROFILE, REPO, job_state, jobcomp_records, orf_workload, slurm_jobids, slurm_problem,
+    DEMO_DATA, LOCAL_PROFILE, REPO, job_state, jobcomp_records, orf_workload, slurm_jobids, slurm_problem,
     slurm_profile, snakemake, start_snakemake, wait_for, write_config,
 )
 
@@ -82,8 +82,9 @@ def leftovers(workdir):
     incomplete markers, temp() files that a killed run had no time to remove) is not counted."""
     found = [f"sidecar pid {p}" for p in sidecar_pids() if cwd_of(p) == workdir]
     sidecar_dir = workdir / ".virnucflow/sidecar"
-    if sidecar_dir.is_dir():  # endpoint files (a local run's <slot>.started is an empty flag, not one)
-        found += [str(p) for p in sidecar_dir.iterdir() if p.suffix in (".json", ".started") and p.stat().st_size]
+    if sidecar_dir.is_dir():  # endpoint files and SLURM leases (a local run's flag is an empty file, not one)
+        found += [str(p) for p in sidecar_dir.glob("*.json") if p.stat().st_size]
+        found += [str(p) for p in sidecar_dir.glob("*/*.started") if p.stat().st_size]
     found += [str(p) for p in (workdir / "results").rglob(".*.tmp")] if (workdir / "results").is_dir() else []
     return found
 
@@ -133,7 +134,7 @@ def slurm_run(tmp_path_factory):
     profile = ci_profile(workdir / "profile")
     proc = start_snakemake(workdir, "--workflow-profile", str(profile))
     seen = {}
-    watch_sidecar(proc, workdir / ".virnucflow/sidecar/cpu.started", seen, time.monotonic() + 900)
+    watch_sidecar(proc, workdir / ".virnucflow/sidecar/cpu.json", seen, time.monotonic() + 900)
     if proc.poll() is None:
         proc.kill()
     output = (workdir / "snakemake.out").read_text()
@@ -164,7 +165,7 @@ def test_slurm_ran_every_job(slurm_run):
 def test_the_sidecar_was_one_slurm_job_holding_the_gpu_and_served_every_part(slurm_run):
     workdir, output, seen = slurm_run
     jobid = sidecar_jobid(workdir)
-    assert jobid, (workdir / "logs/sidecar/cpu.start.log").read_text()
+    assert jobid, "".join(p.read_text() for p in (workdir / "logs/sidecar/cpu").glob("*.start.log"))
     record = jobcomp_records()[jobid]
     assert record["Name"] == "virnucflow-sidecar-cpu" and record["JobState"] == "COMPLETED", record
     # the profile's GPU request was scheduled: SLURM gave the job the node's (stand-in) GPU
@@ -185,8 +186,8 @@ def test_the_sidecar_was_one_slurm_job_holding_the_gpu_and_served_every_part(slu
     served = collections.Counter(line.split("model=")[1].split()[0] for line in embeds)
     # each part's DNA in one request; its proteins in one request per batch of the original's (exact mode)
     assert served["dnabert_s"] == parts and served["esm2"] >= parts, served
-    # it ended when the last per-file job was done: Snakemake removed its temp endpoint file
-    assert "endpoint file .virnucflow/sidecar/cpu.started was removed" in log
+    # it ended when the last per-file job was done: Snakemake removed the samples' temp leases on it
+    assert "no sample holds a lease any more (.virnucflow/sidecar/cpu)" in log
     assert not leftovers(workdir), leftovers(workdir)
 
 
@@ -196,7 +197,7 @@ def test_the_sidecar_job_serves_the_configured_fast_mode(tmp_path):
     proc = start_snakemake(tmp_path, "--workflow-profile", str(ci_profile(tmp_path / "profile")))
     seen = {"stop_when_seen": True}
     try:
-        watch_sidecar(proc, tmp_path / ".virnucflow/sidecar/cpu.started", seen, time.monotonic() + 600)
+        watch_sidecar(proc, tmp_path / ".virnucflow/sidecar/cpu.json", seen, time.monotonic() + 600)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
@@ -230,8 +231,8 @@ def test_a_cancelled_sidecar_job_fails_its_clients_cleanly_and_a_rerun_completes
         len(list((workdir / "results").glob("*/merged/*.pt")))
     assert done >= 1, "no part was embedded before the cancel"
     # A client that was talking to the sidecar fails with one line; a client that starts after the sidecar
-    # job is gone fails before its command runs: its input, the endpoint file, is missing (Snakemake then
-    # reports its outputs missing). No outputs of either are left.
+    # job is gone fails before its command runs: its input, its sample's lease, is missing (the stopped
+    # sidecar removed the leases; Snakemake then reports its outputs missing). No outputs of either are left.
     assert re.search(r"(Error|MissingOutputException) in rule embed", output) or failed, output[-4000:]
     for name, text in failed.items():
         assert "Traceback" not in text, (name, text)
@@ -312,3 +313,23 @@ def test_a_run_killed_at_its_time_limit_leaves_nothing_behind(tmp_path):
     # and the next run plans only what is missing, with nothing to clean up by hand
     plan = snakemake(workdir, "-n", "--workflow-profile", str(LOCAL_PROFILE)).stdout
     assert "embed" in plan or "merge" in plan
+
+
+def test_a_sample_added_to_a_finished_slurm_run_embeds_only_itself(slurm_run):
+    """Each sample takes a lease of its own on the sidecar job, so the added sample's lease starts a new
+    sidecar job and no job of a finished sample is redone (with one flag shared by the samples, Snakemake
+    redid them all). Last in this file: it adds to the shared run's directory."""
+    workdir, _, _ = slurm_run
+    finished = {p: p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()}
+    sheet = workdir / "samples_plus.tsv"
+    sheet.write_text((workdir / "samples.tsv").read_text() + f"added\t{DEMO_DATA / 'phage_mix.fa'}\n")
+    rerun = snakemake(workdir, "--workflow-profile", str(ci_profile(workdir / "profile")), "--config",
+                      f"samples={sheet}", timeout=900).stdout
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "a finished sample was redone"
+    embedded = set(re.findall(r"results/(\w+)/embeddings/output_\d+_ESM\.npz", rerun))
+    assert embedded == {"added"}, embedded
+    assert (workdir / "results/added/prediction_results.txt").read_bytes() == \
+        (workdir / "results/phage_mix/prediction_results.txt").read_bytes()
+    log = (workdir / "logs/sidecar/cpu.server.log").read_text()
+    assert log.count("loaded esm2") == 2 and log.count("no sample holds a lease any more") == 2
+    assert not leftovers(workdir), leftovers(workdir)

@@ -101,7 +101,7 @@ def jobcomp_all(jobid):
 
 def endpoint_host(workdir):
     try:
-        return json.loads((workdir / ".virnucflow/sidecar/cpu.started").read_text())["endpoint"][6:].rsplit(":")[0]
+        return json.loads((workdir / ".virnucflow/sidecar/cpu.json").read_text())["endpoint"][6:].rsplit(":")[0]
     except (OSError, ValueError, KeyError):
         return None
 
@@ -123,7 +123,7 @@ def lost_node_run(tmp_path_factory):
         assert wait_for(lambda: server_log.exists() and server_log.read_text().count(" ok\n") >= 2, 600), \
             (workdir / "snakemake.out").read_text()[-4000:]
         [(first_job, lost)] = sidecar_jobs(workdir)
-        endpoint = json.loads((workdir / ".virnucflow/sidecar/cpu.started").read_text())["endpoint"]
+        endpoint = json.loads((workdir / ".virnucflow/sidecar/cpu.json").read_text())["endpoint"]
         nodes("lose", lost)
         lost_at = time.time()
         first_rc = first.wait(timeout=600)

@@ -26,7 +26,7 @@ from virnucflow.errors import InputError
 from virnucflow.safe_load import TRUST_KEY, sha256_pin
 
 MODES = ("exact", "fast")
-DNABERT_PRECISIONS = ("fp16", "fp16-fp32-residual", "fp16-fp32-attention", "fp16-split", "fp32")  # virnucflow.models.mosaicbert_fast says what each is
+DNABERT_PRECISIONS = ("fp16", "fp16-split", "fp32")  # virnucflow.models.mosaicbert_fast says what each is
 # SidecarClient's own defaults for the settings that a client takes (its constructor documents them)
 _CLIENT = {name: p.default for name, p in inspect.signature(SidecarClient).parameters.items()
            if name in ("ready_timeout", "request_timeout", "max_request_timeout", "tries", "heartbeat",
@@ -60,11 +60,9 @@ class EmbeddingSettings:
                          "to exact); auto = fast on CUDA, exact on CPU",
                          "embedding.mode", (SERVE, CLIENT, IN_PROCESS), choices=("auto",) + MODES, kind=str)
     fast_dnabert_precision: str = _setting("fp16", "fast mode's DNABERT-S numerics: fp16 (LayerNorms and pooling in "
-                                           "fp32), fp16-fp32-residual (the residual stream in fp32 too), "
-                                           "fp16-fp32-attention (attention and its ALiBi bias in fp32), "
-                                           "fp16-split (each weight as two fp16 halves, products and residual "
-                                           "in fp32: twice the GEMM work) or fp32 (packed, TF32 off)", "embedding.fast_dnabert_precision",
-                                           choices=DNABERT_PRECISIONS, kind=str)
+                                           "fp32), fp16-split (each weight as two fp16 halves, products and residual "
+                                           "in fp32: twice the GEMM work) or fp32 (packed, TF32 off)",
+                                           "embedding.fast_dnabert_precision", choices=DNABERT_PRECISIONS, kind=str)
     compile_cache_dir: str | None = _setting(None, "directory for fast mode's compiled kernels (torch.compile's "
                                              "cache), one subdirectory per model fingerprints, kept across runs "
                                              "and across the machines that share it; must be yours and not writable "

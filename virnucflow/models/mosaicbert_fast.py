@@ -19,19 +19,15 @@ tokens, [CLS] and [SEP] included), computed differently:
   made it 40% of the GPU time); on CUDA torch.compile fuses it into one pass, and each residual add
   into its LayerNorm.
 
-`precision` (the setting embedding.fast_dnabert_precision; PRECISIONS of virnucflow.embedding_settings):
-"fp16" is the above; "fp16-fp32-residual" keeps the residual stream (every LayerNorm's output, which
-each layer adds to) in fp32 and rounds only the inputs of the matrix products and attention to fp16;
-"fp16-fp32-attention" runs attention (its q, k, v, the ALiBi bias and the softmax) in fp32 and the rest as
-"fp16": in fp16 the ALiBi bias -slope x distance is rounded (to 1/128 at distance 1 of the steepest head,
-to 1/32 from 4 on), the same rounding for every sequence, and a likely source of the shared offset that
-fp16 leaves in the features (docs/benchmarks.md, issue 12); "fp16-split" keeps fp16 products but removes
-the rounding of the weights, the largest remaining source of difference from fp32 (bench/dnabert_rounding.py):
-each weight W is stored as two fp16 halves, hi = fp16(W) and lo = fp16((W - hi) * 2^12), side by side along
-the inner dimension, and each product takes [x, x * 2^-12] (fp16) as its input, so that one GEMM of twice the
-inner width sums x @ hi + x @ lo * 2^-12 in fp32: W to 22 bits. Products come out in fp32 where cuBLAS can
-(`torch.mm(..., out_dtype=torch.float32)`), the residual stream and the embedding tables stay fp32; attention
-is fp16. Twice the GEMM work of "fp16". "fp32" runs the same packed path in fp32 (TF32 off).
+`precision` (the setting embedding.fast_dnabert_precision; DNABERT_PRECISIONS of virnucflow.embedding_settings):
+"fp16" is the above. "fp16-split" keeps fp16 products but removes the rounding of the weights, the largest
+source of difference from fp32 that "fp16" leaves (bench/dnabert_rounding.py; keeping the residual stream or
+attention in fp32 changed nothing there, nor on the H200): each weight W is stored as two fp16 halves,
+hi = fp16(W) and lo = fp16((W - hi) * 2^12), side by side along the inner dimension, and each product takes
+[x, x * 2^-12] (fp16) as its input, so that one GEMM of twice the inner width sums x @ hi + x @ lo * 2^-12
+in fp32: W to 22 bits. Products come out in fp32 where cuBLAS can (`torch.mm(..., out_dtype=torch.float32)`;
+rounded to fp16 they keep 70% of the difference), the residual stream and the embedding tables stay fp32;
+attention is fp16. Twice the GEMM work of "fp16". "fp32" runs the same packed path in fp32 (TF32 off).
 `dtype=torch.float32` is "fp32" (the agreement test).
 """
 
@@ -51,8 +47,6 @@ from virnucflow.models.packed import Packing, Pending, bucket_attention, launch_
 # precision -> (weights and products, residual stream, attention)
 _LO_SHIFT = 12  # fp16-split: lo = (W - hi) * 2^12 is a normal fp16 number; the inputs take the 2^-12
 _DTYPES = {"fp16": (torch.float16, torch.float16, torch.float16),
-           "fp16-fp32-residual": (torch.float16, torch.float32, torch.float16),
-           "fp16-fp32-attention": (torch.float16, torch.float16, torch.float32),
            "fp16-split": (torch.float16, torch.float32, torch.float16),
            "fp32": (torch.float32, torch.float32, torch.float32)}
 

@@ -1,6 +1,7 @@
 # Config and sample-sheet validation, and the input functions shared by the rules.
 
 import functools
+import glob
 import os
 import contextlib
 import re
@@ -45,6 +46,7 @@ CLASSIFIER = MODELS["classifiers"].get(
 
 wildcard_constraints:
     sample="|".join(re.escape(s) for s in SAMPLES),
+    slot=r"[^/]+",
     k=r"\d+",
     shard=r"\d+",
 
@@ -237,23 +239,25 @@ onstart:
         os.makedirs(SIDECAR_DIR, mode=0o700, exist_ok=True)
 
 
-def forget_local_sidecar_flags():
+def forget_sidecar_flags():
     """Locally a flag says only that a sidecar was started; no embed job takes it (sidecar_inputs), so
     Snakemake may leave it behind. Without it the next run that has a sample to embed starts its
-    sidecars with the run again. Under SLURM the flags end the sidecar jobs and Snakemake removes them.
+    sidecars with the run again. Under SLURM the flags are the samples' leases on the sidecar jobs:
+    after a failed run they go too, which ends the sidecar jobs (sidecar.leases) instead of leaving
+    them to their idle timeout, and the next run takes new ones.
     """
-    if USE_SIDECAR and not EXTERNAL_ENDPOINT and not on_slurm():
-        for slot in sidecar_slots():
+    if USE_SIDECAR and not EXTERNAL_ENDPOINT:
+        for flag in glob.glob(f"{SIDECAR_DIR}/*/*.started"):
             with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{SIDECAR_DIR}/{slot}.started")
+                os.remove(flag)
 
 
 onsuccess:
-    forget_local_sidecar_flags()
+    forget_sidecar_flags()
 
 
 onerror:
-    forget_local_sidecar_flags()
+    forget_sidecar_flags()
 
 
 def visible_gpus():
@@ -309,8 +313,6 @@ def slots_of(wildcards):
 def endpoint_file(slot):
     if EXTERNAL_ENDPOINT:
         return EXTERNAL_ENDPOINT
-    if on_slurm():  # the sidecar job's endpoint is the sidecar rule's temp() output
-        return f"{SIDECAR_DIR}/{slot}.started"
     return f"{SIDECAR_DIR}/{slot}.json"
 
 
@@ -361,12 +363,13 @@ def classifier_identity():
     return CLASSIFIER if config["demo_models"] else fingerprint(CLASSIFIER)
 
 
-def sidecar_flags():
-    """The `sidecar` rule's outputs, one per sidecar, as inputs that never make their consumer rerun: a
-    flag is made anew whenever a sidecar starts, and its time says nothing about the results.
-    """
+def sidecar_flags(sample):
+    """The `sidecar` rule's outputs for one sample, one per sidecar, as inputs that never make their
+    consumer rerun: a flag is made anew whenever a sidecar starts, and its time says nothing about the
+    results. One per sample, so that starting the sidecars for a new sample touches no other sample's
+    jobs (under SLURM a flag is a lease, which its sample's embed jobs take)."""
     return {
-        f"sidecar_{slot}": ancient(f"{SIDECAR_DIR}/{slot}.started")
+        f"sidecar_{slot}": ancient(f"{SIDECAR_DIR}/{slot}/{sample}.started")
         for slot in sidecar_slots()
     }
 
@@ -375,12 +378,13 @@ def sidecar_inputs(wildcards):
     """Under SLURM an embed job needs every sidecar job of the run started: it picks one when it runs, and
     cannot start one itself. Locally it names none: its client starts its home sidecar when none answers
     (--ensure, embed_args), and the sidecars start with the run through run_info (sidecar_early_inputs).
-    A flag as an input would make Snakemake redo every finished part whenever a sidecar job runs
-    (ancient() holds back only files that exist, and the flags are temp()), so that a sample added to a
-    finished run would re-embed all the others."""
+    Locally no flag is needed, and under SLURM the flags are the sample's own leases: a flag shared by the
+    samples would make Snakemake redo every finished part whenever a sidecar job runs (ancient() holds back
+    only files that exist, and the flags are temp()), so that a sample added to a finished run would
+    re-embed all the others."""
     if EXTERNAL_ENDPOINT or not USE_SIDECAR or not on_slurm():
         return {}
-    return sidecar_flags()
+    return sidecar_flags(wildcards.sample)
 
 
 def sidecar_early_inputs(wildcards):
@@ -393,13 +397,13 @@ def sidecar_early_inputs(wildcards):
     preparation step, --forcerun classify, a rerun after a failed classify) starts none. The file,
     not checkpoints.count_parts.get(): Snakemake's first pass takes every checkpoint as incomplete,
     and a job it marks then stays marked (docs/architecture.md, "The sidecars start with the run").
-    Under SLURM the flag is the sidecar job's endpoint file, removed only once no job still needs it.
+    Under SLURM the flag is the sample's lease on the sidecar job, removed once no job still needs it.
     """
     if EXTERNAL_ENDPOINT or not USE_SIDECAR:
         return {}
     if os.path.exists(f"results/{wildcards.sample}/parts.json"):
         return {}
-    return sidecar_flags()
+    return sidecar_flags(wildcards.sample)
 
 
 def embed_args(wildcards):
@@ -456,7 +460,7 @@ def sidecar_start_command(wildcards, output, resources, threads):
         return f"sidecar ensure --endpoint-file {endpoint_file(slot)} {serve_args(slot)} && touch {output}"
     return (
         f"python {workflow.source_path('../scripts/slurm_sidecar.py')} "
-        f"--endpoint-file {output} --job-name virnucflow-sidecar-{slot} "
+        f"--endpoint-file {endpoint_file(slot)} --lease {output} --job-name virnucflow-sidecar-{slot} "
         f"--output logs/sidecar/{slot}.slurm.log --device {sidecar_device(slot) if slot.startswith('cpu') else 'auto'} "
         f"--sbatch-args {shlex.quote(sbatch_args(resources, threads))} -- "
         + " ".join([f"--settings-file {SETTINGS_FILE}"] + slot_options(slot))

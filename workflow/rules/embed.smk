@@ -40,16 +40,17 @@ rule embedding_identity:
 if USE_SIDECAR and not EXTERNAL_ENDPOINT:
 
     rule sidecar:
-        # Starts (or finds) the sidecar of one GPU; it answers READY once its models are loaded. It runs
-        # at the start of a run that will embed (common.smk, sidecar_early_inputs), so that the models
-        # load during the preparation. Under SLURM it submits the sidecar as a GPU job of its own, and
-        # its output is that job's endpoint file: removed after the last embed job, which ends the job.
+        # Starts (or finds) the sidecar of one GPU for one sample; it answers READY once its models are
+        # loaded. It runs at the start of a run that will embed the sample (common.smk,
+        # sidecar_early_inputs), so that the models load during the preparation. Under SLURM it submits
+        # the sidecar as a GPU job of its own, or finds the one running, and its output is the sample's
+        # lease on it: removed after the sample's last embed job; the job ends when none is left.
         input:
             unpack(sidecar_rule_inputs),
         output:
-            temp(f"{SIDECAR_DIR}/{{slot}}.started"),
+            temp(f"{SIDECAR_DIR}/{{slot}}/{{sample}}.started"),
         log:
-            "logs/sidecar/{slot}.start.log",
+            "logs/sidecar/{slot}/{sample}.start.log",
         priority: 10  # first of the jobs that are ready: its models load while the others run
         localrule: True
         conda:

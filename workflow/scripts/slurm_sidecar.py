@@ -1,20 +1,24 @@
-"""Start one embedding sidecar as its own SLURM job and wait until it has bound its socket.
+"""Start one embedding sidecar as its own SLURM job, or find the one running, and take a sample's lease on it.
 
-Run by the `sidecar` rule when the workflow runs under the SLURM executor (docs/architecture.md,
-"Under SLURM"). The sidecar job holds the GPU (and the CPUs and memory) that the `sidecar` rule's
-resources ask for; it listens on TCP with CURVE authentication, and the per-file jobs, which are
-CPU jobs anywhere in the cluster, reach it through its endpoint file on the shared file system.
+Run by the `sidecar` rule, once per sample and GPU, when the workflow runs under the SLURM executor
+(docs/architecture.md, "Under SLURM"). The sidecar job holds the GPU (and the CPUs and memory) that the
+`sidecar` rule's resources ask for; it listens on TCP with CURVE authentication, and the per-file jobs,
+which are CPU jobs anywhere in the cluster, reach it through its endpoint file on the shared file system.
 
-The endpoint file is the `sidecar` rule's temp() output: Snakemake deletes it once the last
-per-file job that needs it is done, and a sidecar exits when its endpoint file is removed, so the
-SLURM job ends then. Its idle timeout and its time limit bound it when the run itself dies.
+With --lease (the workflow's way), the rule's output is the sample's lease (sidecar.leases): under a lock,
+a sidecar job of this endpoint file that SLURM still runs and that answers a ping is reused, else a new
+one is submitted; the lease is written once it answers. Snakemake deletes a sample's lease after its last
+embed job, and the sidecar job ends once no lease remains. Without --lease, the endpoint file is the
+output, and the sidecar exits when it is removed. Its idle timeout and its time limit bound it when the
+run itself dies.
 
-Standard library and the torch-free sidecar.safe_files only: this runs on the submit host, where
-Snakemake runs. Like the sidecar's own files, a batch script, endpoint file or SLURM output file that may
-be another user's (a link, or not ours) is refused, never used nor replaced.
+Standard library, the torch-free sidecar client and sidecar.safe_files only: this runs on the submit host,
+where Snakemake runs. Like the sidecar's own files, a batch script, endpoint, job id, lock or lease file or
+SLURM output file that may be another user's (a link, or not ours) is refused, never used nor replaced.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -39,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--python", default=sys.executable, help="the Python that runs `-m sidecar serve`")
     p.add_argument("--sbatch-args", default="", help="extra sbatch options (account, partition, resources)")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between checks while waiting")
+    p.add_argument("--lease", help="a sample's lease file to write (the rule's output); the endpoint file is then "
+                   "shared by the run's samples, and a running sidecar job of it is reused")
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="-- then the options of `sidecar serve`")
     ns = p.parse_args(argv)
     if ns.serve_args[:1] == ["--"]:
@@ -49,6 +55,8 @@ def parse_args(argv):
 def batch_script(ns, endpoint, secret):
     serve = [ns.python, "-m", "sidecar", "serve", "--endpoint-file", str(endpoint),
              "--tcp", f"{ns.bind}:0", "--secret-file", str(secret), *ns.serve_args]
+    if ns.lease:
+        serve += ["--lease-dir", str(Path(ns.lease).parent)]
     if ns.device == "auto":
         device = ('device=cpu; case "${CUDA_VISIBLE_DEVICES:-}" in ""|NoDevFiles|-1) ;; '
                   "*) device=cuda:0 ;; esac")
@@ -57,8 +65,8 @@ def batch_script(ns, endpoint, secret):
     return "\n".join([
         "#!/bin/bash",
         f"# virnucflow embedding sidecar, submitted by {Path(__file__).name}: one per GPU of the run.",
-        "# It exits when its endpoint file is removed (Snakemake removes it after the last per-file",
-        "# job), on SIGTERM (scancel, time limit), or after its idle timeout.",
+        "# It exits when no sample holds a lease on it any more (or, without leases, when its endpoint",
+        "# file is removed), on SIGTERM (scancel, time limit), or after its idle timeout.",
         device,
         'echo "sidecar: SLURM job ${SLURM_JOB_ID} on $(hostname), GPUs ${SLURM_JOB_GPUS:-none}, device ${device}"',
         f"exec {shlex.join(serve)} --device \"$device\"",
@@ -80,10 +88,60 @@ def tail(path, n=20):
         return ""
 
 
+def answers(endpoint):
+    """True if the sidecar named by this endpoint file answers a ping within seconds."""
+    from sidecar.client import SidecarClient, SidecarError
+
+    try:
+        with SidecarClient(endpoint, tries=1, silent_timeout=10.0) as client:
+            client.ping(timeout=10.0)
+        return True
+    except SidecarError:
+        return False
+
+
+def running_job(ns):
+    """The id of this endpoint's sidecar job if SLURM still runs it (waiting while it is pending or
+    requeued) and it answers; None when a new job is needed."""
+    job_file = Path(ns.endpoint_file).with_suffix(".jobid")
+    try:
+        job_id = safe_files.read_text(job_file, "sidecar job id file").strip()
+    except FileNotFoundError:
+        return None
+    while job_state(job_id) in RUNNING:
+        if Path(ns.endpoint_file).exists() and answers(ns.endpoint_file):
+            print(f"sidecar job {job_id} is running and answers: reused", flush=True)
+            return job_id
+        time.sleep(ns.poll)
+    return None
+
+
+def take_lease(ns):
+    """Under the endpoint's lock: reuse or submit the sidecar job, then write the sample's lease."""
+    endpoint = Path(ns.endpoint_file)
+    safe_files.make_dir(endpoint.parent)
+    safe_files.make_dir(Path(ns.lease).parent)
+    lock = safe_files.open_append(endpoint.with_suffix(".lock"), "lock file")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the sidecar rule is a local rule: every taker runs on this host
+        job_id = running_job(ns)
+        if job_id is None:
+            rc = submit_and_wait(ns)
+            if rc != 0:
+                return rc
+            job_id = safe_files.read_text(endpoint.with_suffix(".jobid"), "sidecar job id file").strip()
+        safe_files.replace_text(Path(ns.lease), json.dumps({"job": job_id, "endpoint": str(endpoint)}) + "\n",
+                                "lease file")
+        print(f"lease {ns.lease} taken on sidecar job {job_id}", flush=True)
+        return 0
+    finally:
+        os.close(lock)
+
+
 def main(argv=None):
     ns = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return submit_and_wait(ns)
+        return take_lease(ns) if ns.lease else submit_and_wait(ns)
     except safe_files.UnsafePath as exc:
         print(f"slurm_sidecar: {exc}", file=sys.stderr)
         return 1
@@ -109,6 +167,7 @@ def submit_and_wait(ns):
         print(f"slurm_sidecar: sbatch failed: {' '.join(proc.stderr.split())}", file=sys.stderr)
         return 1
     job_id = proc.stdout.strip().split(";")[0]
+    safe_files.replace_text(endpoint.with_suffix(".jobid"), job_id + "\n", "sidecar job id file")
     print(f"sidecar job {job_id} submitted; waiting until it has bound its socket", flush=True)
 
     def cancel(signum, frame):  # Snakemake stops this rule: the sidecar job must not start later
