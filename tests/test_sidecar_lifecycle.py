@@ -105,6 +105,35 @@ def test_exits_when_its_endpoint_file_is_removed_even_while_loading(spawn, model
     assert "was removed" in sidecar.log.read_text()
 
 
+def test_ends_once_every_lease_is_given_back_and_gives_back_the_rest_when_stopped(spawn, models, tmp_path):
+    """--lease-dir (SLURM, one lease per sample): no lease yet is no reason to end; the last lease removed
+    is, after the grace; stopped for another reason (SIGTERM here) it removes the leases left."""
+    leases = tmp_path / "cpu"
+    leases.mkdir()
+    sidecar = spawn(*model_args(models, ["dnabert_s"]), "--lease-dir", leases, name="leased.json")
+    sidecar.wait_ready()
+    time.sleep(1.0)
+    assert sidecar.proc.poll() is None  # never held a lease: waits for its first
+    for sample in ("a", "b"):
+        (leases / f"{sample}.started").write_text("{}")
+    time.sleep(1.0)
+    (leases / "a.started").unlink()
+    time.sleep(6.0)
+    assert sidecar.proc.poll() is None  # b still holds one
+    (leases / "b.started").unlink()
+    released = time.monotonic()
+    assert sidecar.wait_exit(15) == 0
+    assert 4.0 < time.monotonic() - released < 9
+    assert "no sample holds a lease any more" in sidecar.log.read_text()
+
+    other = spawn(*model_args(models, ["dnabert_s"]), "--lease-dir", leases, name="stopped.json")
+    (leases / "c.started").write_text("{}")
+    other.wait_ready()
+    other.proc.send_signal(signal.SIGTERM)
+    assert other.wait_exit(15) == 0
+    assert not list(leases.iterdir()) and "removed 1 lease(s)" in other.log.read_text()
+
+
 def test_exits_after_the_idle_timeout(spawn, models):
     sidecar = spawn(*model_args(models, ["dnabert_s"]), "--idle-timeout", "1.5")
     sidecar.wait_ready()
