@@ -1,9 +1,12 @@
 """Cross-request batching by token budget, with a bounded queue (backpressure) and per-request reassembly.
 
 Jobs (one per embed request) are admitted by `submit` from the socket thread and consumed in batches
-by the compute thread through `next_batch`. A batch holds sequences of ONE model taken in arrival
-order from as many jobs as fit in `max_batch_tokens` (always at least one sequence). Results are
-scattered back into each job's own matrix, so a job completes when all its rows are filled.
+by the compute thread through `next_batch`. A batch holds sequences of ONE model taken in the jobs'
+order from as many jobs as fit in `max_batch_tokens` (always at least one sequence). The order is the
+jobs' `priority` (the router gives each job the time its client first sent one: the oldest client
+first, so that parts finish one after another and their results can follow at once, instead of every
+part finishing at the end), then arrival. Results are scattered back into each job's own matrix, so a
+job completes when all its rows are filled.
 
 Admission is bounded: a job is refused with `Busy` when it would raise the outstanding (accepted and
 not yet released) tokens above `max_queued_tokens` or the outstanding jobs above `max_queued_requests`.
@@ -14,7 +17,8 @@ request itself and a vector depends on its batch mates.
 The batcher knows nothing about sockets, models or torch.
 """
 
-import collections
+import bisect
+import itertools
 import threading
 import time
 
@@ -32,8 +36,10 @@ class Closed(Exception):
 class Job:
     """One embed request: sequences in, an [N, dim] float32 matrix out."""
 
-    def __init__(self, model, ids, seqs, tokens, dim, context=None, token_ids=None):
+    def __init__(self, model, ids, seqs, tokens, dim, context=None, token_ids=None, priority=None):
         self.model = model
+        self.priority = priority  # smaller goes first; None: its arrival time
+        self.order = None  # (priority, arrival number), set by Batcher.submit
         self.ids = ids
         self.seqs = seqs
         self.tokens = list(tokens)
@@ -89,7 +95,8 @@ class Batcher:
         self.whole_jobs = frozenset(whole_jobs)  # models whose batch is exactly one whole job
         self.max_queued_tokens = max_queued_tokens
         self.max_queued_requests = max_queued_requests
-        self._pending = collections.deque()  # jobs with rows not yet scheduled, in arrival order
+        self._pending = []  # jobs with rows not yet scheduled, by Job.order
+        self._arrivals = itertools.count()
         self._outstanding_jobs = 0
         self._outstanding_tokens = 0
         self._closed = False
@@ -107,7 +114,8 @@ class Batcher:
                 raise Busy(f"queue full ({self._outstanding_jobs} requests, {self._outstanding_tokens} tokens "
                            f"outstanding; limits {self.max_queued_requests} requests, {self.max_queued_tokens} tokens)")
             job.submitted = time.monotonic()
-            self._pending.append(job)
+            job.order = (job.submitted if job.priority is None else job.priority, next(self._arrivals))
+            bisect.insort(self._pending, job, key=lambda j: j.order)
             self._outstanding_jobs += 1
             self._outstanding_tokens += job.total_tokens
             self._cond.notify_all()

@@ -84,6 +84,7 @@ class Router:
         self._failed_at = None
         self._watch_ticks = rendezvous.start_ticks(cfg.watch_pid) if cfg.watch_pid else None
         self._leases = leases.LeaseWatch(cfg.lease_dir) if cfg.lease_dir else None
+        self._clients_since = collections.OrderedDict()  # client identity -> when it first sent a request
         self.leases_released = False  # stopped because every sample gave its lease back
         self._wake_lock = threading.Lock()
 
@@ -280,12 +281,24 @@ class Router:
             self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
             return
         entry = Admission((identity, key), model, ids, seqs)
+        self._client_since(identity)
         if self.admissions.full_for(entry):
             self._reply(identity, protocol.error(request_id, protocol.BUSY, "too many requests waiting to be tokenized"))
             return
         self.admissions.add(entry)
         self.requests.inflight[key] = entry
         self.last_activity = time.monotonic()
+
+    def _client_since(self, identity):
+        """When this client (a connection: a part's client has one per model) first sent a request: its jobs'
+        priority, so that the oldest part is computed first (sidecar.batcher). The most recent 4096 clients
+        are remembered."""
+        since = self._clients_since.get(identity)
+        if since is None:
+            since = self._clients_since[identity] = time.monotonic()
+            if len(self._clients_since) > 4096:
+                self._clients_since.popitem(last=False)
+        return since
 
     def _resent(self, identity, key):
         """Answer an embed request seen before (same id, same content) without computing it again."""
@@ -313,7 +326,7 @@ class Router:
 
     def _submit(self, entry):
         job = Job(entry.model, entry.ids, entry.seqs, entry.tokens, self.compute.backends[entry.model].dim,
-                  context=entry.context, token_ids=entry.token_ids)
+                  context=entry.context, token_ids=entry.token_ids, priority=self._client_since(entry.context[0]))
         try:
             self.batcher.submit(job)
         except Busy as exc:

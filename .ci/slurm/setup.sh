@@ -8,7 +8,8 @@
 # node; the multi-host tests then skip (and fail under CI=true). `.ci/run` starts it before the tests and stops it afterwards
 # (.ci/slurm/teardown.sh). A developer can run both by hand (as root) to run the SLURM tests locally.
 #
-# Settings that work here (../shared/NOTES.md §4): proctrack/linuxproc, task/none, no cgroup.conf,
+# Settings that work in a container without systemd or cgroup control (CI's machine): proctrack/linuxproc,
+# task/none, no cgroup.conf,
 # no accounting database (so `sacct` has no data: the profile's tests query `squeue`), and the job
 # completion log jobcomp/filetxt, which is the record that the tests read to prove SLURM ran the jobs.
 # The node has one stand-in GPU (a GRES backed by /dev/null), so that the SLURM profile's GPU request
