@@ -1,18 +1,20 @@
 """Parts that finish one after another against parts that all finish at the end: the sidecar's job order.
 
-A part's client sends its sequences in requests of at most `max_request_seqs`, a window of them at a time,
-one connection per model. With the queue in arrival order, the requests of parts sent side by side
-interleave, every part advances at the same pace and all of them finish near the end of the embedding, so
-their merge and classification wait for the last one. With the oldest client first (sidecar.batcher: a
-job's priority is when its client first sent one), a part's later requests overtake those of parts that
-started after it, and the parts finish one after another while the GPU stays as full.
+A part's client (the embed step) sends its sequences in requests of at most `max_request_seqs`, a window
+of them at a time, one connection per model. With the queue in arrival order, the requests of parts sent
+side by side interleave, every part advances at the same pace and all of them finish near the end of the
+embedding, so their merge and classification wait for the last one. With the oldest part first
+(sidecar.batcher; both models' requests of a part carry the same `part` key, and a job's priority is when
+the sidecar first saw its key), a part's later requests overtake those of parts that started after it,
+and the parts finish one after another while the GPU stays as full.
 
 One real `sidecar serve` on the CPU (the demo's tiny models, one thread) per order: "arrival" is the server
-with the priority taken away (every job's priority None, its arrival time), "oldest-client" the server as it
+with the priority taken away (every job's priority None, its arrival time), "oldest-part" the server as it
 is. `--parts` parts of `--frames` frames are sent at once, each part as the embed step sends it: both models
 side by side, each on its own SidecarClient with requests of `--request-seqs` (the workflow's 1,024 of a
-10,000-frame part, scaled down), to a sidecar whose batches hold `--batch-tokens` (scaled down likewise). Printed per order: each part's finish, their mean, and the ratio of the
-mean finish (oldest-client / arrival); the last finish (the GPU's work) should not change.
+10,000-frame part, scaled down), to a sidecar whose batches hold `--batch-tokens` (scaled down likewise).
+Printed per order: each part's finish, their mean, and the ratio of the mean finishes (oldest-part /
+arrival); the last finish (the GPU's work) should not change.
 
     python bench/part_order.py --parts 4 --frames 300 --request-seqs 50 --batch-tokens 2048 --out order.json
 """
@@ -34,9 +36,9 @@ from assignment import write_parts  # noqa: E402
 
 from virnucflow.fasta import read_fasta  # noqa: E402
 
-ORDERS = ("arrival", "oldest-client")
+ORDERS = ("arrival", "oldest-part")
 # the server with the priority taken away: every job is ordered by its arrival, as before
-ARRIVAL = ("import sys; import sidecar.router as r; r.Router._client_since = lambda self, identity: None; "
+ARRIVAL = ("import sys; import sidecar.router as r; r.Router._since = lambda self, key: None; "
            "from sidecar.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
@@ -75,7 +77,7 @@ def send_parts(endpoint, parts, request_seqs):
         with SidecarClient(endpoint, max_request_seqs=request_seqs) as client:
             client.ping()
             start_line.wait()
-            client.embed(model, [r for r, _ in records], [s for _, s in records])
+            client.embed(model, [r for r, _ in records], [s for _, s in records], part=f"part{k}")
         finish[k][m] = time.monotonic()
 
     threads = [threading.Thread(target=send, args=(k, m, model, path))
@@ -117,7 +119,7 @@ def main():
             result["orders"][order] = {"finish_s": finish, "mean_finish_s": round(sum(finish) / len(finish), 2),
                                        "last_finish_s": max(finish)}
             print(order, json.dumps(result["orders"][order]), flush=True)
-        a, o = result["orders"]["arrival"], result["orders"]["oldest-client"]
+        a, o = result["orders"]["arrival"], result["orders"]["oldest-part"]
         result["mean_finish_ratio"] = round(o["mean_finish_s"] / a["mean_finish_s"], 3)
         result["last_finish_ratio"] = round(o["last_finish_s"] / a["last_finish_s"], 3)
     text = json.dumps(result, indent=1)

@@ -17,10 +17,11 @@ BACKLOG = 16  # requests' worth of sequence text (at the size limit) that may wa
 
 class Admission:
     """A checked embed request on its way into the batcher: its token counts (and, for fast models, token
-    ids) so far. `context` is (client identity, request key): a resend from a new socket moves it."""
+    ids) so far. `context` is (client identity, request key): a resend from a new socket moves it. `since`:
+    when the sidecar first saw its part (the batcher's priority)."""
 
-    def __init__(self, context, model, ids, seqs):
-        self.context, self.model, self.ids, self.seqs = context, model, ids, seqs
+    def __init__(self, context, model, ids, seqs, since=None):
+        self.context, self.model, self.ids, self.seqs, self.since = context, model, ids, seqs, since
         self.chars = sum(map(len, seqs))
         self.tokens, self.token_ids = [], []
 

@@ -3,7 +3,7 @@
 Jobs (one per embed request) are admitted by `submit` from the socket thread and consumed in batches
 by the compute thread through `next_batch`. A batch holds sequences of ONE model taken in the jobs'
 order from as many jobs as fit in `max_batch_tokens` (always at least one sequence). The order is the
-jobs' `priority` (the router gives each job the time its client first sent one: the oldest client
+jobs' `priority` (the router gives each job the time it first saw the job's part: the oldest part
 first, so that parts finish one after another and their results can follow at once, instead of every
 part finishing at the end), then arrival. Results are scattered back into each job's own matrix, so a
 job completes when all its rows are filled.

@@ -411,8 +411,10 @@ class SidecarClient:
         request.deadline = time.monotonic() + request.timeout
         self._send(request.frames)
 
-    def embed(self, model, ids, seqs, label=None):
-        """Embed `seqs` with `model` ("esm2" or "dnabert_s"); returns float32 [len(seqs), dim] in input order."""
+    def embed(self, model, ids, seqs, label=None, part=None):
+        """Embed `seqs` with `model` ("esm2" or "dnabert_s"); returns float32 [len(seqs), dim] in input order.
+        `part`: a key shared by the requests of one unit of work (both models of a part), which the sidecar
+        orders by when it first saw the key."""
         ids, seqs = [str(x) for x in ids], list(seqs)
         if len(ids) != len(seqs):
             raise SidecarError(f"{len(ids)} ids but {len(seqs)} sequences")
@@ -435,7 +437,7 @@ class SidecarClient:
                     rows = request.chunk
                     request.id = protocol.new_request_id()
                     request.frames = protocol.embed(model, [ids[r] for r in rows], [seqs[r] for r in rows],
-                                                    request_id=request.id)
+                                                    request_id=request.id, part=part)
                     request.tokens = sum(len(seqs[r]) + 2 for r in rows)
                 inflight[request.id] = request
                 self._send_request(request, inflight)

@@ -204,8 +204,20 @@ def stop(request_id=None):
     return encode(_header(STOP, request_id or new_request_id()))
 
 
-def embed(model, ids, seqs, request_id=None):
-    return encode(_header(EMBED, request_id or new_request_id(), model=model, ids=list(ids), seqs=list(seqs)))
+def embed(model, ids, seqs, request_id=None, part=None):
+    """An embed request; `part` (optional) names the unit of work it belongs to, shared by the requests of
+    both models of one part: the sidecar computes the oldest part's requests first."""
+    fields = {"part": part} if part is not None else {}
+    return encode(_header(EMBED, request_id or new_request_id(), model=model, ids=list(ids), seqs=list(seqs),
+                          **fields))
+
+
+def embed_part_key(head, limits=LIMITS):
+    """The `part` of an embed header (None without one); a bad one is a ProtocolError."""
+    part = head.get("part")
+    if part is not None and (type(part) is not str or len(part) > limits.max_id_chars or not _encodable(part)):
+        raise ProtocolError(f"'part' {_short(part)} must be a string of at most {limits.max_id_chars} characters")
+    return part
 
 
 def check_embed_request(head, extra_frames, models_known, limits=LIMITS):

@@ -84,7 +84,7 @@ class Router:
         self._failed_at = None
         self._watch_ticks = rendezvous.start_ticks(cfg.watch_pid) if cfg.watch_pid else None
         self._leases = leases.LeaseWatch(cfg.lease_dir) if cfg.lease_dir else None
-        self._clients_since = collections.OrderedDict()  # client identity -> when it first sent a request
+        self._parts_since = collections.OrderedDict()  # ("part", key) or ("client", identity) -> first seen
         self.leases_released = False  # stopped because every sample gave its lease back
         self._wake_lock = threading.Lock()
 
@@ -280,8 +280,9 @@ class Router:
         if self.state == protocol.DRAINING:  # after the resend check: a resent request still gets its reply
             self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
             return
-        entry = Admission((identity, key), model, ids, seqs)
-        self._client_since(identity)
+        part = protocol.embed_part_key(head, self.cfg.limits)
+        since = self._since(("part", part) if part is not None else ("client", identity))
+        entry = Admission((identity, key), model, ids, seqs, since)
         if self.admissions.full_for(entry):
             self._reply(identity, protocol.error(request_id, protocol.BUSY, "too many requests waiting to be tokenized"))
             return
@@ -289,15 +290,15 @@ class Router:
         self.requests.inflight[key] = entry
         self.last_activity = time.monotonic()
 
-    def _client_since(self, identity):
-        """When this client (a connection: a part's client has one per model) first sent a request: its jobs'
-        priority, so that the oldest part is computed first (sidecar.batcher). The most recent 4096 clients
-        are remembered."""
-        since = self._clients_since.get(identity)
+    def _since(self, key):
+        """When the sidecar first saw this part (the `part` that both models' requests of a part carry), or
+        this client (a connection) for requests without one: the priority of their jobs, so that the oldest
+        part is computed first (sidecar.batcher). The most recent 4096 are remembered."""
+        since = self._parts_since.get(key)
         if since is None:
-            since = self._clients_since[identity] = time.monotonic()
-            if len(self._clients_since) > 4096:
-                self._clients_since.popitem(last=False)
+            since = self._parts_since[key] = time.monotonic()
+            if len(self._parts_since) > 4096:
+                self._parts_since.popitem(last=False)
         return since
 
     def _resent(self, identity, key):
@@ -326,7 +327,7 @@ class Router:
 
     def _submit(self, entry):
         job = Job(entry.model, entry.ids, entry.seqs, entry.tokens, self.compute.backends[entry.model].dim,
-                  context=entry.context, token_ids=entry.token_ids, priority=self._client_since(entry.context[0]))
+                  context=entry.context, token_ids=entry.token_ids, priority=entry.since)
         try:
             self.batcher.submit(job)
         except Busy as exc:

@@ -1,4 +1,4 @@
-"""The sidecar-vs-reload benchmark runs at CI size on the CPU with tiny models and reports a sane ratio."""
+"""The benchmarks run at CI size on the CPU with tiny models and report sane figures."""
 
 import json
 import subprocess
@@ -56,3 +56,16 @@ def test_ready_time_script_at_ci_size(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "READY after" in line]
     assert [line.split(":")[0] for line in lines] == ["start 1", "start 2"], proc.stdout
+
+
+def test_part_order_benchmark_at_ci_size(tmp_path):
+    """bench/part_order.py: with the oldest part first the parts finish one after another, so their mean
+    finish comes before the arrival order's, where they all finish together."""
+    out = tmp_path / "order.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench/part_order.py"), "--parts", "3", "--frames", "300",
+                           "--request-seqs", "50", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    arrival, oldest = result["orders"]["arrival"], result["orders"]["oldest-part"]
+    assert max(arrival["finish_s"]) - min(arrival["finish_s"]) < max(oldest["finish_s"]) - min(oldest["finish_s"])
+    assert result["mean_finish_ratio"] < 0.9, result

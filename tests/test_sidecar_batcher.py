@@ -48,15 +48,15 @@ def test_one_model_per_batch_in_arrival_order():
     assert b.next_batch(0).model == "dnabert_s"
 
 
-def test_the_oldest_clients_jobs_go_first_whenever_they_arrive():
-    """A job's priority (when its client first sent one) orders the queue before arrival: a part's later
-    requests overtake the requests of parts that started after it, so parts finish one after another."""
+def test_the_oldest_parts_jobs_go_first_whenever_they_arrive():
+    """A job's priority (when the sidecar first saw its part) orders the queue before arrival: a part's
+    later requests overtake the requests of parts that started after it, so parts finish one after another."""
     b = Batcher(max_batch_tokens=20)
     newer = [Job("esm2", [f"n{i}"], [f"2-{i}"], [10], dim=2, priority=2.0) for i in range(3)]
     for j in newer:
         b.submit(j)
     older = Job("esm2", ["o0", "o1"], ["1-0", "1-1"], [10, 10], dim=2, priority=1.0)
-    b.submit(older)  # arrives last, from the client that came first
+    b.submit(older)  # arrives last, from the part that came first
     first = b.next_batch(0)
     assert [j for j, _ in first.parts] == [older, older]
     assert b.complete(first, fake_vectors(first)) == [older]

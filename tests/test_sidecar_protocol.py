@@ -77,3 +77,14 @@ def test_errors_are_one_line_and_typed():
     assert head["message"] == "queue full now"
     head = protocol.decode_header(protocol.error("r", protocol.UNKNOWN_MODEL, "no")[0])
     assert head["retryable"] is False
+
+
+def test_an_embed_request_may_name_its_part():
+    """Both models' requests of a part carry one `part` key (the sidecar computes the oldest part first);
+    without one the request is as before, and a key that is not a short string is refused."""
+    head = protocol.decode_header(protocol.embed("esm2", ["a"], ["MKV"], part="p1")[0])
+    assert protocol.embed_part_key(head) == "p1"
+    assert protocol.embed_part_key(protocol.decode_header(protocol.embed("esm2", ["a"], ["MKV"])[0])) is None
+    for bad in (7, "x" * 10_000, ["p"]):
+        with pytest.raises(protocol.ProtocolError, match="'part'"):
+            protocol.embed_part_key(dict(head, part=bad))

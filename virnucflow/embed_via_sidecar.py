@@ -91,21 +91,23 @@ def embed_via_sidecar(ns, settings, parts: dict, labels: dict):
 def _embed_models(client, endpoint_file, settings, parts, labels):
     """Every model's requests in flight at once, each model on a connection of its own (a client is not
     thread-safe), so that the sidecar's queue shows the whole part to the next part's choice."""
+    import uuid
     from concurrent.futures import ThreadPoolExecutor
 
     from sidecar.client import SidecarClient
 
     # a message names the whole part: whichever model's request notices a failure first reports it
     label = " and ".join(labels[model] for model in parts)
+    part = uuid.uuid4().hex  # the requests of both models are one part to the sidecar: oldest part first
 
     def one(model):
         ids, seqs = parts[model]
         with SidecarClient(endpoint_file, **settings.client_options()) as own:
-            return own.embed(model, ids, seqs, label=label)
+            return own.embed(model, ids, seqs, label=label, part=part)
 
     first, *others = parts
     with ThreadPoolExecutor(max(len(others), 1)) as pool:
         futures = {model: pool.submit(one, model) for model in others}
-        arrays = {first: client.embed(first, *parts[first], label=label)}
+        arrays = {first: client.embed(first, *parts[first], label=label, part=part)}
         arrays.update({model: future.result() for model, future in futures.items()})
     return {model: arrays[model] for model in parts}
