@@ -331,5 +331,5 @@ def test_a_sample_added_to_a_finished_slurm_run_embeds_only_itself(slurm_run):
     assert (workdir / "results/added/prediction_results.txt").read_bytes() == \
         (workdir / "results/phage_mix/prediction_results.txt").read_bytes()
     log = (workdir / "logs/sidecar/cpu.server.log").read_text()
-    assert log.count("loaded esm2") == 2 and log.count("no sample holds a lease any more") == 2
+    assert log.count("loaded esm2") == 2 and log.count("stopped (no sample holds a lease any more") == 2
     assert not leftovers(workdir), leftovers(workdir)

@@ -246,7 +246,8 @@ def forget_sidecar_flags():
     after a failed run they go too, which ends the sidecar jobs (sidecar.leases) instead of leaving
     them to their idle timeout, and the next run takes new ones.
     """
-    if USE_SIDECAR and not EXTERNAL_ENDPOINT:
+    # never from inside a job (remote_exec: a job's own Snakemake process under SLURM)
+    if USE_SIDECAR and not EXTERNAL_ENDPOINT and not workflow.remote_exec:
         for flag in glob.glob(f"{SIDECAR_DIR}/*/*.started"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(flag)
