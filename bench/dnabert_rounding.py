@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import emit  # noqa: E402
 from agreement import calibrated_shift  # noqa: E402
 from real_models import DNA_SIZES, write_dnabert  # noqa: E402
 from workload import many_frames  # noqa: E402
@@ -178,10 +179,7 @@ def main():
             entry["abs_shift_vs_fp16"] = round(entry["mean_abs_logit_shift"] / base["mean_abs_logit_shift"], 3)
         result["variants"][name] = entry
         print(name, json.dumps(entry), flush=True)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

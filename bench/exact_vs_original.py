@@ -14,7 +14,6 @@ the ratio exact/original, and the largest absolute difference of the features (0
 """
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import emit  # noqa: E402
 from original import load_original_esm2, original_dnabert_s, original_esm2  # noqa: E402
 from real_models import make  # noqa: E402
 from workload import write_parts  # noqa: E402
@@ -98,10 +98,7 @@ def main():
     exact, exact_s = _exact(dnabert, dna, read_part(warm_fa)[1])
     result["dnabert_s"] = _figures(original, original_s, exact, exact_s, args.frames)
 
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 def _figures(original, original_s, exact, exact_s, frames):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import emit  # noqa: E402
 from agreement import calibrated_shift  # noqa: E402
 from real_models import make  # noqa: E402
 from workload import many_frames  # noqa: E402
@@ -104,10 +105,7 @@ def main():
         print(precision, json.dumps(figures["all"]), flush=True)
         del fast
         release(device)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

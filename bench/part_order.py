@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from results import emit  # noqa: E402
 from assignment import write_parts  # noqa: E402
 
 from virnucflow.fasta import read_fasta  # noqa: E402
@@ -122,10 +123,7 @@ def main():
         a, o = result["orders"]["arrival"], result["orders"]["oldest-part"]
         result["mean_finish_ratio"] = round(o["mean_finish_s"] / a["mean_finish_s"], 3)
         result["last_finish_ratio"] = round(o["last_finish_s"] / a["last_finish_s"], 3)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
