@@ -17,7 +17,7 @@ EXIT_ERROR = 1
 def _serve_options(parser):
     """The options of a server: the embedding settings (defined once, in virnucflow.embedding_settings) and
     where it listens."""
-    from virnucflow.embed_part import add_sidecar_listen_options
+    from .listen_options import add_sidecar_listen_options
     from virnucflow.embedding_settings import SERVE, EmbeddingSettings
 
     EmbeddingSettings.add_arguments(parser, SERVE, "server (the same options for serve, ensure and embed --ensure)")
@@ -36,7 +36,7 @@ def _settings(ns):
 
 def _serve_args(ns):
     """The serve options of a parsed namespace, as an argument list for a child `sidecar serve`."""
-    from virnucflow.embed_part import listen_args
+    from .listen_options import listen_args
     from virnucflow.embedding_settings import SERVE
 
     return _settings(ns).to_args(SERVE) + listen_args(ns)

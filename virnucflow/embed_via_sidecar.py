@@ -52,7 +52,7 @@ def embed_via_sidecar(ns, settings, parts: dict, labels: dict):
 
     from sidecar.assign import choose, describe_choice
     from sidecar.client import SidecarClient, SidecarDied
-    from virnucflow.embed_part import listen_args
+    from sidecar.listen_options import listen_args
 
     endpoints = [str(f) for f in ns.endpoint_file or []]
     if not endpoints:
