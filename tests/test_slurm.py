@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from workflow_runs import (
-    DEMO_DATA, LOCAL_PROFILE, REPO, job_state, jobcomp_records, orf_workload, slurm_jobids, slurm_problem,
-    slurm_profile, snakemake, start_snakemake, wait_for, write_config,
+    DEMO_DATA, LOCAL_PROFILE, REPO, job_state, jobcomp_records, need_cluster, orf_workload, slurm_jobids,
+    slurm_problem, slurm_profile, snakemake, start_snakemake, wait_for, write_config,
 )
 
 pytestmark = pytest.mark.slurm
@@ -31,11 +31,7 @@ SAMPLES = ("phage_mix", "reads_gz")
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    problem = slurm_problem()
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but no SLURM: {problem}")
-        pytest.skip(problem)
+    need_cluster(slurm_problem(), "SLURM")
 
 
 def ci_profile(dest, **changes):

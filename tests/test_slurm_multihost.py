@@ -24,8 +24,8 @@ import pytest
 
 from virnucflow.demo_models import DNABERT_DIR, ESM2_FILE
 from workflow_runs import (
-    REPO, jobcomp_records, slurm_config, slurm_jobids, slurm_problem, slurm_profile, start_snakemake, wait_for,
-    write_config,
+    REPO, jobcomp_records, need_cluster, slurm_config, slurm_jobids, slurm_problem, slurm_profile,
+    start_snakemake, wait_for, write_config,
 )
 
 pytestmark = pytest.mark.slurm
@@ -54,11 +54,7 @@ def multihost_problem():
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    problem = multihost_problem()
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but no multi-host SLURM: {problem}")
-        pytest.skip(problem)
+    need_cluster(multihost_problem(), "multi-host SLURM")
 
 
 def nodes(*args):

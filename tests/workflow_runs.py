@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +95,15 @@ def build_report(workdir, name="report.html", config=None):
 
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 LOCAL_PROFILE = REPO / "workflow" / "profiles" / "local"
+
+
+def need_cluster(problem, what):
+    """Skip the caller's tests where the cluster they need is missing (`problem` says why), but fail them
+    under CI=true, where .ci/run starts it."""
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but no {what}: {problem}")
+        pytest.skip(problem)
 
 
 def slurm_problem():
