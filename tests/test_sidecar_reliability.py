@@ -268,6 +268,11 @@ def test_a_resent_request_id_is_computed_once(server):
         before = client.status()["models"]["esm2"]["requests"]
     first, second, third = raw_dealer(endpoint), raw_dealer(endpoint), raw_dealer(endpoint)
     first.send_multipart(frames)
+    # A client resends only after its first try: wait until the sidecar holds that try (ROUTER reads two
+    # peers in no fixed order, so sending both at once could make `second` the original)
+    with server.client() as client:
+        wait_until(lambda: (lambda q: q["requests"] + q["admitting"])(client.status()["queue"]) > 0, 30,
+                   "the first try to be accepted")
     second.send_multipart(frames)  # while the first is in flight, as a client that reconnected would
     head, data = recv_header(second, timeout=30)
     assert head["id"] == "again" and head["type"] == "result"
