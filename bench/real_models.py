@@ -99,7 +99,24 @@ def make(out, size="real", tokenizer=None):
     if not (dna_dir / "model.safetensors").exists():
         write_dnabert(dna_dir, tokenizer, **DNA_SIZES[size])
     print(f"models: {esm_path} ({t1 - t0:.1f} s), {dna_dir} ({time.perf_counter() - t1:.1f} s)", flush=True)
+    write_manifest(out, esm_path, dna_dir)
     return esm_path, dna_dir
+
+
+def write_manifest(out, esm_path, dna_dir):
+    """Record each file's sha256 and size in `out/manifest.json`, as `virnucflow fetch-models` does when it
+    downloads the real models, so that the workflow's fingerprints of these models come from the manifest
+    (virnucflow.fingerprint) as for fetched ones, instead of reading 6 GB on a run's first DAG."""
+    from virnucflow.fingerprint import MANIFEST_NAME, sha256_file
+    from virnucflow.model_sources import dnabert_files
+
+    t0 = time.perf_counter()
+    files = {}
+    for path in [esm_path, *dnabert_files(dna_dir)]:
+        files[path.relative_to(out).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    manifest = out / MANIFEST_NAME
+    manifest.write_text(json.dumps({"files": files, "written_by": "bench/real_models.py"}, indent=1) + "\n")
+    print(f"manifest: {manifest} ({len(files)} files, {time.perf_counter() - t0:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

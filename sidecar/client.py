@@ -336,8 +336,9 @@ class SidecarClient:
 
     # ---- simple requests ----------------------------------------------------------------------
 
-    def ping(self, timeout=5.0):
-        return self._call(protocol.ping(), timeout, "pinging")
+    def ping(self, timeout=5.0, lease=None):
+        """The pong header. `lease`: announce a lease file just written (sidecar.leases)."""
+        return self._call(protocol.ping(lease=lease), timeout, "pinging")
 
     def status(self, timeout=10.0):
         head = self._call(protocol.status(), timeout, "asking for status")

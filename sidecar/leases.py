@@ -9,6 +9,13 @@ ones, which start a new sidecar job, instead of trusting the dead one.
 
 One file per sample, not one for the run, because Snakemake reruns every job that takes a file made
 anew: with a single shared file, a sample added to a finished run re-embedded every finished sample.
+
+A taker that reuses a running sidecar writes its lease file first and then announces it in a ping
+(`protocol.ping(lease=...)`). The sidecar counts an announced lease as held until it sees the file in its
+own listing, or for UNSEEN seconds: another host's directory listing of a shared file system can lag
+behind a new file by up to a minute (NFS caches directory attributes for 30-60 s by default). A sidecar
+that has already decided to end answers that ping "stopping", and the taker then waits for its job to end
+and submits a new one; so a lease taken while a sidecar ends is never a lease on a sidecar that is gone.
 Standard library only.
 """
 
@@ -18,25 +25,41 @@ from pathlib import Path
 
 SUFFIX = ".started"
 GRACE = 5.0  # seconds without a lease before the sidecar ends
+UNSEEN = 90.0  # seconds an announced lease counts as held while its file is not in the listing
+MAX_NAME = 255
 
 
-def held(directory) -> bool:
+def lease_names(directory) -> set:
     try:
-        return any(name.endswith(SUFFIX) for name in os.listdir(directory))
+        return {name for name in os.listdir(directory) if name.endswith(SUFFIX)}
     except FileNotFoundError:
-        return False
+        return set()
+
+
+def valid_name(name) -> bool:
+    """A lease's file name as a ping may announce it: a plain name in the lease directory."""
+    return (type(name) is str and name.endswith(SUFFIX) and 0 < len(name) <= MAX_NAME
+            and "/" not in name and "\0" not in name and name not in (".", ".."))
 
 
 class LeaseWatch:
     """Whether a sidecar's leases have all been given back (after at least one was held)."""
 
-    def __init__(self, directory, grace=GRACE):
+    def __init__(self, directory, grace=GRACE, unseen=UNSEEN):
         self.directory = Path(directory)
-        self.grace = grace
+        self.grace, self.unseen = grace, unseen
         self.last_held = None  # monotonic time a lease was last seen; None before the first
+        self.announced = {}  # lease name -> when a ping announced it, until the listing shows it
+
+    def announce(self, name, now):
+        self.announced[name] = now
+        self.last_held = now
 
     def released(self, now) -> bool:
-        if held(self.directory):
+        names = lease_names(self.directory)
+        self.announced = {name: at for name, at in self.announced.items()
+                          if name not in names and now - at < self.unseen}
+        if names or self.announced:
             self.last_held = now
             return False
         return self.last_held is not None and now - self.last_held >= self.grace

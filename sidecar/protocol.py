@@ -192,8 +192,11 @@ def decode_header(frame, limits=LIMITS):
 
 # ---- requests -------------------------------------------------------------------------------
 
-def ping(request_id=None):
-    return encode(_header(PING, request_id or new_request_id()))
+def ping(request_id=None, lease=None):
+    """`lease`: the name of a lease file that the sender has just written in the sidecar's lease
+    directory (sidecar.leases); the sidecar counts it as held from now on, unless it is stopping."""
+    fields = {"lease": lease} if lease is not None else {}
+    return encode(_header(PING, request_id or new_request_id(), **fields))
 
 
 def status(request_id=None):

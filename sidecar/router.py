@@ -250,7 +250,11 @@ class Router:
         if extra and kind != protocol.EMBED:
             raise protocol.ProtocolError(f"a {kind!r} request has exactly one frame")
         if kind == protocol.PING:
-            self._reply(identity, protocol.pong(request_id, self.state, **self._pong_fields()))
+            if "lease" in head:
+                self._announce_lease(head["lease"])
+            # a stop asked for (by a signal, say) and not yet begun already counts
+            state = protocol.DRAINING if self.stop_reason and self.state != protocol.FAILED else self.state
+            self._reply(identity, protocol.pong(request_id, state, **self._pong_fields()))
         elif kind == protocol.STATUS:
             self._reply(identity, protocol.status_reply(request_id, self.status()))
         elif kind == protocol.STOP:
@@ -261,6 +265,16 @@ class Router:
             self._embed(identity, head, extra)
         else:
             raise protocol.ProtocolError(f"unknown request type {kind[:40]!r}")
+
+    def _announce_lease(self, name):
+        """A taker wrote this lease and asks whether this sidecar keeps serving: it does unless it is
+        stopping already, which the pong's state then says (sidecar.leases)."""
+        if not leases.valid_name(name):
+            raise protocol.ProtocolError(f"lease {str(name)[:60]!r} is not a lease file name (*{leases.SUFFIX})")
+        if self._leases is None or self.stop_reason is not None or self.state in (protocol.DRAINING, protocol.FAILED):
+            return
+        self._leases.announce(name, time.monotonic())
+        log.info("lease %s announced", name)
 
     def _embed(self, identity, head, extra):
         request_id = head["id"]

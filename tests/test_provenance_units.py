@@ -117,7 +117,8 @@ def test_preflight_names_the_file_and_the_key(models, tmp_path):
 
 
 def test_run_info_gathers_the_parts(models, tmp_path):
-    served = {"mode": "fast", "device": "cuda:0", "gpu_name": "NVIDIA H200", "pid": 7, "host": "h",
+    served = {"mode": "fast", "fast_dnabert_precision": "fp16", "device": "cuda:0", "gpu_name": "NVIDIA H200",
+              "pid": 7, "host": "h",
               "endpoint": "ipc://x", "fingerprints": {"esm2": "a" * 64, "dnabert_s": "b" * 64},
               "models": {"esm2": {"source": "e"}}, "versions": {"torch": "2.13.0"}}
     parts = []
@@ -127,6 +128,7 @@ def test_run_info_gathers_the_parts(models, tmp_path):
         parts.append(path)
     info = run_info("s1", parts, {"path": "300_model.pth", "sha256": "c" * 64, "original": None}, 500)
     assert info["embedding"]["mode"] == "fast" and info["embedding"]["parts"] == 2
+    assert info["embedding"]["fast_dnabert_precision"] == "fp16"
     assert info["embedding"]["fingerprints"]["esm2"] == "a" * 64
     assert [d["device"] for d in info["embedding"]["devices"]] == ["cuda:0", "cuda:1"]
     assert info["chunk_size"] == 500 and info["versions"]["snakemake"] and info["ended_at"]

@@ -89,6 +89,8 @@ def test_each_change_reruns_exactly_what_it_affects(run, tmp_path):
     assert plan(workdir, config, embedding={"mode": "fast"}) == EMBED_RULES | CLASSIFY_ON | {"embedding_settings"}
     # same models, same mode: the settings file is written again, no vector is
     assert plan(workdir, config, embedding={"sidecar": False, "idle_timeout": 5}) == {"embedding_settings"}
+    # fast mode's DNABERT-S precision changes no vector of exact mode
+    assert plan(workdir, config, embedding={"fast_dnabert_precision": "fp32"}) == {"embedding_settings"}
     assert {"shard", "prepare_shard", "concatenate_shards"} <= plan(workdir, config, chunk_size=300)
 
 
@@ -140,6 +142,29 @@ def test_a_sidecar_with_other_models_or_mode_is_refused(demo_models, tmp_path):
                             "--mode", "fast")
         assert wrong_mode.returncode == 1 and "exact mode but this run asks for fast mode" in wrong_mode.stderr
         assert not (tmp_path / "part" / "a.npz").exists()  # nothing written when refused
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.mark.process
+def test_a_fast_sidecar_with_another_dnabert_precision_is_refused(demo_models, tmp_path):
+    endpoint = tmp_path / "fast.json"
+    models = ["--esm2", str(demo_models / "esm2_t2_demo.pt"), "--dnabert-s", str(demo_models / "dnabert_s_demo")]
+    server = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--endpoint-file", str(endpoint), *models,
+                               "--device", "cpu", "--mode", "fast", "--fast-dnabert-precision", "fp32"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(endpoint.exists, 60), "the sidecar wrote no endpoint file"
+        wrong = _embed(tmp_path, endpoint, *models[1::2], "--mode", "fast")  # the default precision, fp16
+        assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+        assert "fast mode with DNABERT-S in fp32 but this run asks for fp16" in wrong.stderr
+        assert not (tmp_path / "part" / "a.npz").exists()
+        record = tmp_path / "part" / "provenance.json"
+        same = _embed(tmp_path, endpoint, *models[1::2], "--mode", "fast", "--fast-dnabert-precision", "fp32",
+                      "--provenance-out", str(record))
+        assert same.returncode == 0, same.stderr
+        assert json.loads(record.read_text())["fast_dnabert_precision"] == "fp32"  # and run_info.json says so
     finally:
         server.terminate()
         server.wait(timeout=60)

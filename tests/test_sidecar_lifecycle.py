@@ -21,7 +21,7 @@ import zmq
 from sidecar import auth, protocol
 from sidecar.client import SidecarClient, SidecarError
 from sidecar.launcher import ensure_sidecar
-from test_sidecar_support import REPO, model_args, pools, raw_dealer, recv_header
+from test_sidecar_support import REPO, model_args, pools, raw_dealer, recv_header, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -132,6 +132,51 @@ def test_ends_once_every_lease_is_given_back_and_gives_back_the_rest_when_stoppe
     other.proc.send_signal(signal.SIGTERM)
     assert other.wait_exit(15) == 0
     assert not list(leases.iterdir()) and "removed 1 lease(s)" in other.log.read_text()
+
+
+def test_a_lease_announced_in_a_ping_holds_and_a_stopping_sidecar_never_takes_one(spawn, models, tmp_path):
+    """The reuse of a SLURM sidecar job (workflow/scripts/slurm_sidecar.py): a taker writes its lease, then
+    announces it in a ping. A lease whose file the sidecar's listing does not show yet (a shared file
+    system's cached listing) still holds it; a sidecar that has decided to end answers "stopping" and
+    leaves the lease for the next sidecar job."""
+    leases = tmp_path / "leases"
+    leases.mkdir()
+    sidecar = spawn(*model_args(models, ["esm2"]), "--lease-dir", leases, name="announced.json")
+    sidecar.wait_ready()
+    (leases / "a.started").write_text("{}")
+    time.sleep(1.5)
+    (leases / "a.started").unlink()
+    time.sleep(2.0)
+    with sidecar.client() as client:
+        assert client.ping(lease="b.started")["state"] == "ready"  # its file not visible (yet)
+        bad = client.ping(lease="../elsewhere")
+    assert bad["type"] == "error" and "not a lease file name" in bad["message"]
+    time.sleep(7.0)
+    assert sidecar.proc.poll() is None  # a's grace is long over: the announced lease holds it
+    (leases / "b.started").write_text("{}")
+    time.sleep(1.5)  # seen in the listing: from now on the file alone counts
+    (leases / "b.started").unlink()
+    assert sidecar.wait_exit(15) == 0
+    assert "lease b.started announced" in sidecar.log.read_text()
+
+    # a sidecar that is ending: leases given back while it still computes queued work
+    busy = spawn(*model_args(models, ["esm2"]), "--lease-dir", leases, name="ending.json")
+    busy.wait_ready()
+    (leases / "c.started").write_text("{}")
+    sock = raw_dealer(busy.wait_file()["endpoint"])
+    proteins = [p * 8 for p in pools(seed=5, n=250)]
+    for i in range(40):  # far more than the grace period's worth of work, queued
+        sock.send_multipart(protocol.embed("esm2", [f"q{j}" for j in range(len(proteins))], proteins,
+                                           request_id=f"busy{i}"))
+    with busy.client() as client:
+        wait_until(lambda: client.status()["queue"]["requests"] > 0, 30, "the work to be queued")
+        (leases / "c.started").unlink()
+        wait_until(lambda: client.ping()["state"] == "stopping", 30, "the sidecar to decide to end")
+        (leases / "d.started").write_text("{}")  # a taker's lease, written before its ping
+        assert client.ping(lease="d.started")["state"] == "stopping"
+    assert busy.wait_exit(120) == 0
+    assert "lease d.started announced" not in busy.log.read_text()
+    assert (leases / "d.started").exists()  # left for the sidecar job that the taker submits next
 
 
 def test_exits_after_the_idle_timeout(spawn, models):

@@ -22,7 +22,7 @@ import zmq
 from sidecar import protocol, rendezvous
 from sidecar.client import ASSUMED_RATE, SidecarClient
 from sidecar.replies import Outbox, Requests
-from test_sidecar_support import REPO, Sidecar, model_args, pools, raw_dealer, recv_header
+from test_sidecar_support import REPO, Sidecar, model_args, pools, raw_dealer, recv_header, wait_until
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -82,13 +82,6 @@ def cli_embed(endpoint_file, protein, out, *options):
 def write_faa(path, seqs, prefix="p"):
     path.write_text("".join(f">{prefix}{i}\n{s}\n" for i, s in enumerate(seqs)))
     return path
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def long_proteins(n, seed):

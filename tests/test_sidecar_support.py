@@ -126,3 +126,10 @@ def recv_header(sock, timeout=10.0):
     assert sock.poll(timeout * 1000), "no reply"
     frames = sock.recv_multipart()
     return protocol.decode_header(frames[0]), frames[1:]
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

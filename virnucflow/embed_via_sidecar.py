@@ -2,9 +2,10 @@
 
 The only module of virnucflow that calls into the sidecar package, and only into its torch-free client
 side (client, launcher, assign). Before any sequence is sent, the sidecar's own report of its models' sha256
-fingerprints and numeric mode is compared with what this run asks for; a sidecar that serves anything
-else (another checkpoint, another revision, the other mode: a hand-started sidecar shared across runs,
-or a stale one) is refused with one line that names both sides.
+fingerprints and numeric mode (in fast mode with its DNABERT-S precision) is compared with what this run
+asks for; a sidecar that serves anything else (another checkpoint, another revision, the other mode or
+precision: a hand-started sidecar shared across runs, or a stale one) is refused with one line that names
+both sides.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def check_served(settings, served: dict, where: str) -> None:
         mode = settings.resolved_mode(served.get("device") or "")
         if served.get("mode") != mode:
             differ.append(f"{served.get('mode')} mode but this run asks for {mode} mode")
+        elif mode == "fast" and served.get("fast_dnabert_precision") != settings.fast_dnabert_precision:
+            differ.append(f"fast mode with DNABERT-S in {served.get('fast_dnabert_precision')} but this run asks "
+                          f"for {settings.fast_dnabert_precision} (embedding.fast_dnabert_precision)")
     if differ:
         raise SidecarMismatch(f"{where} serves {'; '.join(differ)}; stop it (sidecar stop --endpoint-file ...) or "
                               "point the run at a sidecar with these settings")

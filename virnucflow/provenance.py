@@ -58,6 +58,8 @@ def part_record(transport: str, served: dict) -> dict:
     gpu_name, fingerprints, models, versions; a sidecar's status, or the in-process equivalent)."""
     keys = ("mode", "device", "gpu_name", "fingerprints", "versions")
     record = {key: served.get(key) for key in keys}
+    if served.get("fast_dnabert_precision") is not None:  # fast mode only
+        record["fast_dnabert_precision"] = served["fast_dnabert_precision"]
     record["models"] = {name: {k: model.get(k) for k in MODEL_KEYS if k in model}
                         for name, model in (served.get("models") or {}).items()}
     record["transport"] = transport
@@ -79,6 +81,8 @@ def run_info(sample: str, part_files, classifier: dict, chunk_size: int) -> dict
     parts = [json.loads(Path(p).read_text()) for p in part_files]
     embedding = {key: _one_or_all([p.get(key) for p in parts]) if parts else None
                  for key in ("mode", "transport", "fingerprints", "models", "versions")}
+    if any("fast_dnabert_precision" in p for p in parts):
+        embedding["fast_dnabert_precision"] = _one_or_all([p.get("fast_dnabert_precision") for p in parts])
     devices = _one_or_all([{"device": p.get("device"), "gpu_name": p.get("gpu_name")} for p in parts]) if parts else []
     return {
         "sample": sample,

@@ -341,7 +341,8 @@ def serve_args(slot):
 
 
 def embedding_identity():
-    """What makes an embedding: the models' fingerprints and the numeric mode. The param of the
+    """What makes an embedding: the models' fingerprints, the numeric mode and, where it may be fast,
+    DNABERT-S's fast precision. The param of the
     `embedding_identity` rule, whose file every embed and merge job reads; a change re-embeds.
     (Snakemake does not compare the params of jobs that it finds behind a checkpoint whose temp()
     outputs are gone, so the identity cannot be a param of those jobs themselves.) The demo's models
@@ -357,7 +358,11 @@ def embedding_identity():
         models = model_fingerprints(
             SETTINGS.esm2, SETTINGS.dnabert_s, SETTINGS.dnabert_revision
         )
-    return json.dumps({"models": models, "mode": mode}, sort_keys=True)
+    identity = {"models": models, "mode": mode}
+    # fast, or auto resolved on the sidecar's node: DNABERT-S's precision counts
+    if mode != "exact":
+        identity["fast_dnabert_precision"] = SETTINGS.fast_dnabert_precision
+    return json.dumps(identity, sort_keys=True)
 
 
 def classifier_identity():

@@ -6,9 +6,10 @@ Run by the `sidecar` rule, once per sample and GPU, when the workflow runs under
 which are CPU jobs anywhere in the cluster, reach it through its endpoint file on the shared file system.
 
 With --lease (the workflow's way), the rule's output is the sample's lease (sidecar.leases): under a lock,
-a sidecar job of this endpoint file that SLURM still runs and that answers a ping is reused, else a new
-one is submitted; the lease is written once it answers. Snakemake deletes a sample's lease after its last
-embed job, and the sidecar job ends once no lease remains. Without --lease, the endpoint file is the
+the lease file is written, and a sidecar job of this endpoint file that SLURM still runs is reused if a ping
+that announces the lease finds it loading or ready; one that is stopping is waited for, and then, as when
+there is none, a new job is submitted. Snakemake deletes a sample's lease after its last embed job, and the
+sidecar job ends once no lease remains. Without --lease, the endpoint file is the
 output, and the sidecar exits when it is removed. Its idle timeout and its time limit bound it when the
 run itself dies.
 
@@ -28,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from sidecar import safe_files
+from sidecar import protocol, safe_files
 
 RUNNING = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
@@ -88,30 +89,38 @@ def tail(path, n=20):
         return ""
 
 
-def answers(endpoint):
-    """True if the sidecar named by this endpoint file answers a ping within seconds."""
+def accepts_lease(endpoint, lease):
+    """The state in which the sidecar named by this endpoint file answers a ping that announces `lease`
+    (a file name in its lease directory), or None if it does not answer within seconds."""
     from sidecar.client import SidecarClient, SidecarError
 
     try:
         with SidecarClient(endpoint, tries=1, silent_timeout=10.0) as client:
-            client.ping(timeout=10.0)
-        return True
+            return client.ping(timeout=10.0, lease=lease).get("state")
     except SidecarError:
-        return False
+        return None
 
 
-def running_job(ns):
+def running_job(ns, write_lease):
     """The id of this endpoint's sidecar job if SLURM still runs it (waiting while it is pending or
-    requeued) and it answers; None when a new job is needed."""
+    requeued) and it keeps serving with this lease; None when a new job is needed (after the old one
+    has ended, when it was stopping)."""
     job_file = Path(ns.endpoint_file).with_suffix(".jobid")
     try:
         job_id = safe_files.read_text(job_file, "sidecar job id file").strip()
     except FileNotFoundError:
         return None
+    said = None
     while job_state(job_id) in RUNNING:
-        if Path(ns.endpoint_file).exists() and answers(ns.endpoint_file):
-            print(f"sidecar job {job_id} is running and answers: reused", flush=True)
-            return job_id
+        if Path(ns.endpoint_file).exists():
+            write_lease(job_id)  # before the ping, so that a sidecar that keeps serving can see it
+            state = accepts_lease(ns.endpoint_file, Path(ns.lease).name)
+            if state in (protocol.LOADING, protocol.READY):
+                print(f"sidecar job {job_id} is {state} and holds the lease: reused", flush=True)
+                return job_id
+            if state != said:
+                print(f"sidecar job {job_id} is {state or 'not answering'}: waiting for it to end", flush=True)
+                said = state
         time.sleep(ns.poll)
     return None
 
@@ -122,16 +131,21 @@ def take_lease(ns):
     safe_files.make_dir(endpoint.parent)
     safe_files.make_dir(Path(ns.lease).parent)
     lock = safe_files.open_append(endpoint.with_suffix(".lock"), "lock file")
+
+    def write_lease(job_id):
+        safe_files.replace_text(Path(ns.lease), json.dumps({"job": job_id, "endpoint": str(endpoint)}) + "\n",
+                                "lease file")
+
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the sidecar rule is a local rule: every taker runs on this host
-        job_id = running_job(ns)
+        job_id = running_job(ns, write_lease)
         if job_id is None:
+            # (a sidecar that stopped for a reason other than its leases removed them, this one included)
             rc = submit_and_wait(ns)
             if rc != 0:
                 return rc
             job_id = safe_files.read_text(endpoint.with_suffix(".jobid"), "sidecar job id file").strip()
-        safe_files.replace_text(Path(ns.lease), json.dumps({"job": job_id, "endpoint": str(endpoint)}) + "\n",
-                                "lease file")
+            write_lease(job_id)
         print(f"lease {ns.lease} taken on sidecar job {job_id}", flush=True)
         return 0
     finally:
