@@ -160,11 +160,12 @@ def test_a_lease_announced_in_a_ping_holds_and_a_stopping_sidecar_never_takes_on
     assert "lease b.started announced" in sidecar.log.read_text()
 
     # a sidecar that is ending: leases given back while it still computes queued work
-    busy = spawn(*model_args(models, ["esm2"]), "--lease-dir", leases, name="ending.json")
+    busy = spawn(*model_args(models, ["esm2"]), "--lease-dir", leases, "--drain-timeout", "5", name="ending.json")
     busy.wait_ready()
     (leases / "c.started").write_text("{}")
+    time.sleep(1.5)  # seen in the listing
     sock = raw_dealer(busy.wait_file()["endpoint"])
-    proteins = [p * 8 for p in pools(seed=5, n=250)]
+    proteins = [p * 8 for p in pools(seed=5, n=250)["esm2"]]
     for i in range(40):  # far more than the grace period's worth of work, queued
         sock.send_multipart(protocol.embed("esm2", [f"q{j}" for j in range(len(proteins))], proteins,
                                            request_id=f"busy{i}"))
@@ -174,7 +175,7 @@ def test_a_lease_announced_in_a_ping_holds_and_a_stopping_sidecar_never_takes_on
         wait_until(lambda: client.ping()["state"] == "stopping", 30, "the sidecar to decide to end")
         (leases / "d.started").write_text("{}")  # a taker's lease, written before its ping
         assert client.ping(lease="d.started")["state"] == "stopping"
-    assert busy.wait_exit(120) == 0
+    assert busy.wait_exit(60) == 0
     assert "lease d.started announced" not in busy.log.read_text()
     assert (leases / "d.started").exists()  # left for the sidecar job that the taker submits next
 
