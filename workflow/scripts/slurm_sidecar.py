@@ -9,9 +9,8 @@ With --lease (the workflow's way), the rule's output is the sample's lease (side
 the lease file is written, and a sidecar job of this endpoint file that SLURM still runs is reused if a ping
 that announces the lease finds it loading or ready; one that is stopping is waited for, and then, as when
 there is none, a new job is submitted. Snakemake deletes a sample's lease after its last embed job, and the
-sidecar job ends once no lease remains. Without --lease, the endpoint file is the
-output, and the sidecar exits when it is removed. Its idle timeout and its time limit bound it when the
-run itself dies.
+sidecar job ends once no lease remains. Without --lease, the endpoint file is the output, and the sidecar
+exits when it is removed. Its idle timeout and its time limit bound it when the run itself dies.
 
 Standard library, the torch-free sidecar client and sidecar.safe_files only: this runs on the submit host,
 where Snakemake runs. Like the sidecar's own files, a batch script, endpoint, job id, lock or lease file or
