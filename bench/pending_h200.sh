@@ -1,0 +1,35 @@
+#!/bin/bash
+# The H200 figures that issues 12 and 13 still need, in stages that fit the device's 10-minute calls; each
+# stage writes its log and JSON under $OUT. Run from the repository root with .whl and .benchdata carried and
+# the wheels on PYTHONPATH (bench/h200_run.sh's setting). The models are made first if /tmp/m lacks them.
+#   bash bench/pending_h200.sh precision ready        (one call)
+#   bash bench/pending_h200.sh e2e prepare            (another)
+# Stages:
+#   precision  fast against exact for every embedding.fast_dnabert_precision, 10,000 frames (issue 12 point 3)
+#   ready      seconds to READY, twice, without and with embedding.compile_cache_dir (issue 12 point 5)
+#   e2e        the workflow on 50,000 frames of 500 bp, fast mode, 16 cores: timeline and wall/compute (issue 13)
+#   prepare    preparation of 1,000,000 records on 1 and 16 cores (issue 13: >= 0.7 x cores)
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+python3 -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT/gpu.txt" 2>&1
+if [ ! -f /tmp/m/manifest.json ]; then
+  python3 bench/real_models.py --out /tmp/m --tokenizer .benchdata/tokenizer.json > "$OUT/models.log" 2>&1 || exit 1
+fi
+for stage in "$@"; do
+  start=$(date +%s)
+  case $stage in
+    precision) timeout 420 python3 bench/fast_precision.py --models-dir /tmp/m --frames 10000 --device cuda \
+                 --out "$OUT/precision.json" > "$OUT/precision.log" 2>&1 ;;
+    ready) { timeout 150 bash bench/ready_time.sh cuda:0 fast
+             READY_ARGS="--compile-cache-dir /tmp/vnf-compile" timeout 150 bash bench/ready_time.sh cuda:0 fast
+           } > "$OUT/ready.log" 2>&1 ;;
+    e2e) timeout 420 python3 bench/e2e.py --models-dir /tmp/m --frames 50000 --records-per-file 10000 --cores 16 \
+           --mode fast --out "$OUT/e2e_50k.json" > "$OUT/e2e_50k.log" 2>&1 ;;
+    prepare) timeout 300 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 --shard-mb 5 \
+               > "$OUT/prepare.log" 2>&1 ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+  echo "$stage: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
+done
