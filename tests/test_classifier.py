@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from virnucflow import classifier as C
+from virnucflow.fingerprint import ORIGINAL_CLASSIFIER_BLOBS, git_blob_sha1, original_classifier_name
 from virnucflow.errors import InputError
 from virnucflow.features import save_merged
 
@@ -289,16 +290,16 @@ def test_restricted_globals_do_not_leak(model_file):
 def test_git_blob_sha1(tmp_path):
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    assert C.git_blob_sha1(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert git_blob_sha1(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
     blob = tmp_path / "blob"
     content = os.urandom(3_000_000)
     blob.write_bytes(content)
-    assert C.git_blob_sha1(blob) == hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    assert git_blob_sha1(blob) == hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
     if shutil.which("git"):
         out = subprocess.run(["git", "hash-object", str(blob)], capture_output=True, text=True, check=True).stdout.strip()
-        assert C.git_blob_sha1(blob) == out
-    assert C.known_model_name(blob) is None
-    assert C.KNOWN_MODEL_BLOBS == {
+        assert git_blob_sha1(blob) == out
+    assert original_classifier_name(blob) is None
+    assert ORIGINAL_CLASSIFIER_BLOBS == {
         "300_model.pth": "a0b5b85e7c1e44f00cde146d091beb82b2c8e855",
         "500_model.pth": "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d",
     }

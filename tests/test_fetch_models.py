@@ -15,6 +15,7 @@ import pytest
 
 from conftest import run_cli
 from virnucflow import fetch
+from virnucflow.fingerprint import ORIGINAL_CLASSIFIER_BLOBS
 
 pytestmark = pytest.mark.process
 
@@ -195,7 +196,7 @@ def test_a_classifier_that_is_not_the_original_is_an_error_and_nothing_is_kept(s
     assert proc.returncode != 0
     line = one_error_line(proc)
     assert "300_model.pth: checksum mismatch: git blob sha1" in line
-    assert fetch.CLASSIFIER_BLOBS["300_model.pth"] in line and "nothing was kept" in line
+    assert ORIGINAL_CLASSIFIER_BLOBS["300_model.pth"] in line and "nothing was kept" in line
     assert not (dest / "300_model.pth").exists()
     assert leftovers(dest) == []
 

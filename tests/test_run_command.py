@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from virnucflow import fetch
+from virnucflow.fingerprint import ORIGINAL_CLASSIFIER_BLOBS
 from virnucflow.cli import build_parser, main
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.errors import InputError
@@ -70,7 +71,7 @@ def _fetched_layout(dest, demo_models):
     (dest / fetch.ESM2_PATH).parent.mkdir(parents=True)
     (dest / fetch.ESM2_PATH).symlink_to(demo_models / "esm2_t2_demo.pt")
     (dest / fetch.DNABERT_DIR).symlink_to(demo_models / "dnabert_s_demo")
-    for name in fetch.CLASSIFIER_BLOBS:
+    for name in ORIGINAL_CLASSIFIER_BLOBS:
         (dest / name).symlink_to(demo_models / name)
     return dest
 

@@ -44,8 +44,6 @@ follows `os.listdir` of the split files (we take the order given); pandas' read_
 mis-parse an id that begins with a double quote. Lines end in '\\n' (pandas writes os.linesep).
 """
 
-import hashlib
-import io
 import logging
 import sys
 from contextlib import contextmanager
@@ -68,13 +66,6 @@ from virnucflow.predictions import (
 
 HIDDEN_DIM = 512
 NUM_CLASS = 2
-
-# Git blob ids of the original's classifier files (sha1 of b"blob <size>\0" + content).
-KNOWN_MODEL_BLOBS = {
-    "300_model.pth": "a0b5b85e7c1e44f00cde146d091beb82b2c8e855",
-    "500_model.pth": "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d",
-}
-
 
 class MLPClassifier(nn.Module):
     def __init__(self, input_dim, hidden_dim, num_class):
@@ -114,23 +105,6 @@ _MODULE_GLOBALS = [
     nn.Dropout,
 ]
 _CHILDREN = {"hidden_layer": nn.Linear, "bn1": nn.BatchNorm1d, "output_layer": nn.Linear, "dropout": nn.Dropout}
-
-
-def git_blob_sha1(path):
-    """The git blob id of a file, to check a download against KNOWN_MODEL_BLOBS."""
-    with open(path, "rb") as handle:
-        handle.seek(0, io.SEEK_END)
-        digest = hashlib.sha1(b"blob %d\0" % handle.tell())
-        handle.seek(0)
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def known_model_name(path):
-    """'300_model.pth' or '500_model.pth' if the file is byte-identical to the original's, else None."""
-    sha = git_blob_sha1(path)
-    return next((name for name, blob in KNOWN_MODEL_BLOBS.items() if blob == sha), None)
 
 
 def _first_line(exc):

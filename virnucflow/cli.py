@@ -90,12 +90,11 @@ def cmd_count_parts(args):
 
 
 def cmd_run_info(args):
-    from virnucflow.classifier import known_model_name
-    from virnucflow.fingerprint import fingerprint
+    from virnucflow.fingerprint import fingerprint, original_classifier_name
     from virnucflow.provenance import run_info, write_json
 
     classifier = {"path": args.classifier, "sha256": fingerprint(args.classifier),
-                  "original": known_model_name(args.classifier)}
+                  "original": original_classifier_name(args.classifier)}
     write_json(args.output, run_info(args.sample, args.provenance, classifier, args.chunk_size))
     logging.info("run info of %s written to %s", args.sample, args.output)
 

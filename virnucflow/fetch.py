@@ -7,8 +7,8 @@ Layout under DEST (what the loaders read):
     300_model.pth, 500_model.pth                  the original's classifiers
     manifest.json                                 url, size, sha256 and git blob sha1 of every file
 
-- Checksums: the classifiers must have the git blob ids in virnucflow.classifier's
-  KNOWN_MODEL_BLOBS. A hub file served with a sha256 (X-Linked-Etag) must match it. Every
+- Checksums: the classifiers must have the git blob ids in virnucflow.fingerprint's
+  ORIGINAL_CLASSIFIER_BLOBS. A hub file served with a sha256 (X-Linked-Etag) must match it. Every
   other file's sha256 is recorded in the manifest at its first download and checked on reuse.
 - Resumable: bytes go to `<file>.part`; an interrupted transfer continues with an HTTP Range
   request, in this run (--retries) or the next.
@@ -36,6 +36,7 @@ from pathlib import Path
 
 from virnucflow.atomic import atomic_path
 from virnucflow.errors import InputError
+from virnucflow.fingerprint import ORIGINAL_CLASSIFIER_BLOBS
 
 log = logging.getLogger("virnucflow.fetch")
 
@@ -47,11 +48,6 @@ VIRNUCPRO_COMMIT = "0b7e6f1f1c5972ce30aa1ced5977890406d3efe2"
 DEFAULT_ESM_BASE_URL = "https://dl.fbaipublicfiles.com/fair-esm/models"
 DEFAULT_HF_BASE_URL = "https://huggingface.co"
 DEFAULT_CLASSIFIER_BASE_URL = f"https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/{VIRNUCPRO_COMMIT}"
-# Git blob ids of the original's classifiers (as in virnucflow.classifier, which imports torch).
-CLASSIFIER_BLOBS = {
-    "300_model.pth": "a0b5b85e7c1e44f00cde146d091beb82b2c8e855",
-    "500_model.pth": "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d",
-}
 # Each entry: the files that may hold it, tried in order (a 404 moves on to the next).
 DNABERT_FILES = (
     ("config.json",),
@@ -107,7 +103,7 @@ def default_items(groups=GROUPS, esm_base_url=DEFAULT_ESM_BASE_URL, hf_base_url=
         for names in DNABERT_FILES:
             items.append(Item("dnabert_s", [Choice(f"{DNABERT_DIR}/{n}", f"{base}/{n}") for n in names], hub_revision=True))
     if "classifiers" in groups:
-        for name, blob in CLASSIFIER_BLOBS.items():
+        for name, blob in ORIGINAL_CLASSIFIER_BLOBS.items():
             items.append(Item("classifiers", [Choice(name, f"{classifier_base_url.rstrip('/')}/{name}", blob)]))
     return items
 

@@ -27,6 +27,14 @@ MANIFEST_NAME = "manifest.json"
 CACHE_SUFFIX = ".sha256.json"
 
 
+# Git blob ids (sha1 of b"blob <size>\0" + content) of the original's classifier files: a classifier that
+# matches one is the original's file, byte for byte (fetch-models checks its downloads against them).
+ORIGINAL_CLASSIFIER_BLOBS = {
+    "300_model.pth": "a0b5b85e7c1e44f00cde146d091beb82b2c8e855",
+    "500_model.pth": "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d",
+}
+
+
 class FingerprintMismatch(InputError):
     """A model file differs from the checksum that its fetch recorded."""
 
@@ -78,6 +86,21 @@ def sha256_file(path: Path) -> str:
         while block := handle.read(BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def git_blob_sha1(path) -> str:
+    """The git blob id of a file."""
+    with open(path, "rb") as handle:
+        digest = hashlib.sha1(b"blob %d\0" % os.fstat(handle.fileno()).st_size)
+        while block := handle.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def original_classifier_name(path) -> str | None:
+    """'300_model.pth' or '500_model.pth' if the file is byte-identical to the original's, else None."""
+    sha = git_blob_sha1(path)
+    return next((name for name, blob in ORIGINAL_CLASSIFIER_BLOBS.items() if blob == sha), None)
 
 
 def _manifest_entry(path: Path):

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from virnucflow import fetch
+from virnucflow.fingerprint import ORIGINAL_CLASSIFIER_BLOBS
 from virnucflow.atomic import atomic_path
 from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.errors import InputError
@@ -154,7 +155,7 @@ def model_paths(models_dir, chunk_size) -> dict:
     if not base.is_dir():
         raise InputError(f"--models {models_dir}: no such directory; {fix}")
     keys = {"esm2": str(base / fetch.ESM2_PATH), "dnabert_s": str(base / fetch.DNABERT_DIR),
-            "classifiers": {name.split("_")[0]: str(base / name) for name in fetch.CLASSIFIER_BLOBS},
+            "classifiers": {name.split("_")[0]: str(base / name) for name in ORIGINAL_CLASSIFIER_BLOBS},
             "download_dir": str(base)}
     for path in (keys["esm2"], keys["dnabert_s"], keys["classifiers"].get(str(chunk_size))):
         if path and not Path(path).exists():
