@@ -166,7 +166,7 @@ def test_a_lease_announced_in_a_ping_holds_and_a_stopping_sidecar_never_takes_on
     time.sleep(1.5)  # seen in the listing
     sock = raw_dealer(busy.wait_file()["endpoint"])
     proteins = [p * 8 for p in pools(seed=5, n=250)["esm2"]]
-    for i in range(40):  # far more than the grace period's worth of work, queued
+    for i in range(100):  # far more than the grace period's worth of work, queued (up to the queue bound)
         sock.send_multipart(protocol.embed("esm2", [f"q{j}" for j in range(len(proteins))], proteins,
                                            request_id=f"busy{i}"))
     with busy.client() as client:
