@@ -29,6 +29,7 @@ boundary times it), so the ratio of each variant's mean |shift| to fp16's scales
 """
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -181,18 +182,18 @@ def main():
     classifier = Path(args.models_dir) / "rounding_classifier.pth"
     write_random_classifier(classifier, input_dim=reference.shape[1] + esm.shape[1], seed=3)
     base = None
-    fp16_features = None
+
+    @functools.cache
+    def emulated(name):
+        return Emulated(exact.model, ROUNDING[name]).embed(tokens)
+
     for name in args.variants:
         if name == "fp16-offset":
             offset = fp16_offset(exact, args.calibration)
             result["fp16_offset_norm"] = float(np.linalg.norm(offset))
-            fp16_features = fp16_features if fp16_features is not None else \
-                Emulated(exact.model, ROUNDING["fp16"]).embed(tokens)
-            fast = fp16_features - offset
+            fast = emulated("fp16") - offset
         else:
-            fast = Emulated(exact.model, ROUNDING[name]).embed(tokens)
-            if name == "fp16":
-                fp16_features = fast
+            fast = emulated(name)
         figures = calibrated_shift(classifier, reference, esm, fast, esm)
         a, b = fast.astype(np.float64), reference.astype(np.float64)
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -68,13 +68,8 @@ class LeaseWatch:
 def release_all(directory) -> int:
     """Remove every lease in `directory`; returns how many there were."""
     removed = 0
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        if name.endswith(SUFFIX):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(Path(directory) / name)
-                removed += 1
+    for name in lease_names(directory):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(Path(directory) / name)
+            removed += 1
     return removed

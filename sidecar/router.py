@@ -250,10 +250,10 @@ class Router:
         if extra and kind != protocol.EMBED:
             raise protocol.ProtocolError(f"a {kind!r} request has exactly one frame")
         if kind == protocol.PING:
-            if "lease" in head:
-                self._announce_lease(head["lease"])
             # a stop asked for (by a signal, say) and not yet begun already counts
             state = protocol.DRAINING if self.stop_reason and self.state != protocol.FAILED else self.state
+            if "lease" in head:
+                self._announce_lease(head["lease"], state)
             self._reply(identity, protocol.pong(request_id, state, **self._pong_fields()))
         elif kind == protocol.STATUS:
             self._reply(identity, protocol.status_reply(request_id, self.status()))
@@ -266,12 +266,12 @@ class Router:
         else:
             raise protocol.ProtocolError(f"unknown request type {kind[:40]!r}")
 
-    def _announce_lease(self, name):
-        """A taker wrote this lease and asks whether this sidecar keeps serving: it does unless it is
-        stopping already, which the pong's state then says (sidecar.leases)."""
+    def _announce_lease(self, name, state):
+        """A taker wrote this lease and asks whether this sidecar keeps serving: it does while loading or
+        ready, and the pong's `state` says which (sidecar.leases)."""
         if not leases.valid_name(name):
             raise protocol.ProtocolError(f"lease {str(name)[:60]!r} is not a lease file name (*{leases.SUFFIX})")
-        if self._leases is None or self.stop_reason is not None or self.state in (protocol.DRAINING, protocol.FAILED):
+        if self._leases is None or state not in (protocol.LOADING, protocol.READY):
             return
         self._leases.announce(name, time.monotonic())
         log.info("lease %s announced", name)
