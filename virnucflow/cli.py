@@ -76,6 +76,26 @@ def cmd_split(args):
     logging.info("wrote %d part(s) to %s", n, args.out_dir)
 
 
+def cmd_split_part(args):
+    from virnucflow.split import split_part
+
+    n = split_part(args.nucleotide_shards, args.protein_shards, args.skip, args.nucleotide, args.protein,
+                   args.records_per_file)
+    logging.info("wrote %d frame(s) to %s and %s", n, args.nucleotide, args.protein)
+
+
+def cmd_shard_frames(args):
+    import json
+    from pathlib import Path
+
+    from virnucflow.atomic import atomic_path
+
+    frames = json.loads(Path(args.counts).read_text())["kept_frames"]
+    with atomic_path(args.output) as tmp:
+        Path(tmp).write_text(json.dumps({"kept_frames": frames}) + "\n")
+    logging.info("%s: %d kept frame(s)", args.counts, frames)
+
+
 def cmd_count_parts(args):
     import json
     from pathlib import Path
@@ -401,6 +421,20 @@ def build_parser(command=None):
     p.add_argument("--records-per-file", type=int, default=10_000)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("split-part", help="write one part from the shards that hold it (output_<k>.fa/.faa)")
+    p.add_argument("--nucleotide-shards", nargs="+", required=True, help="the shards' kept-frame DNA, in order")
+    p.add_argument("--protein-shards", nargs="+", required=True, help="the shards' kept-frame proteins, in order")
+    p.add_argument("--skip", type=int, default=0, help="frames of the first shard that come before the part")
+    p.add_argument("--records-per-file", type=int, default=10_000)
+    p.add_argument("--nucleotide", required=True)
+    p.add_argument("--protein", required=True)
+    p.set_defaults(func=cmd_split_part)
+
+    p = sub.add_parser("shard-frames", help="how many kept frames one prepared shard holds (JSON)")
+    p.add_argument("--counts", required=True, help="the shard's counts, written by prepare-shard")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_shard_frames)
 
     p = sub.add_parser("embed", help="embed one part: through a sidecar, or loading both models here")
     if command in (None, "embed"):

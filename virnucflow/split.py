@@ -9,6 +9,11 @@ The kept-frame files are the workflow's own, written by `write_fasta` unwrapped:
 sequence line per record. So a part is the next 2N lines of each file, copied as they are, without
 parsing (this step is serial; it is byte for byte what parsing and writing the records gave); a file
 not in that form is an error.
+
+A part can also be cut straight from the shards' kept-frame files (`split_part`), so that it goes to the
+GPU as soon as the shards holding its frames are prepared, not after the whole sample: `part_span` says
+which shards hold part k from the shards' frame counts, and `parts_completed_by` which parts are whole
+once the first shards are known. The part files are the same bytes either way.
 """
 
 from itertools import islice, repeat
@@ -64,3 +69,52 @@ def _check_pairs(nucleotide_fa, protein_faa, nucleotide, protein):
         raise InputError(
             f"{nucleotide_fa} and {protein_faa} do not hold the same ids in the same order; rerun translate"
         )
+
+
+def part_span(frame_counts, k, records_per_file):
+    """(first, last, skip) for part k (from 1): the shards (from 1) that hold its frames, in the order of the
+    sample, and how many frames of shard `first` come before it. `frame_counts` are the kept frames of the
+    shards in order: all of them, or those up to the one where part k ends. A sample without kept frames
+    has one empty part (from shard 1 on); any other part past the frames given raises ValueError."""
+    start, end = (k - 1) * records_per_file, k * records_per_file
+    before, first = 0, None
+    for shard, count in enumerate(frame_counts, 1):
+        if first is None and start < before + count:
+            first, skip = shard, start - before
+        before += count
+        if first is not None and end <= before:
+            return first, shard, skip
+    if first is None and start == 0:
+        return 1, len(frame_counts), 0  # no kept frame at all: the one empty part
+    if first is None:
+        raise ValueError(f"part {k} starts past the {before} frames of the shards given")
+    return first, len(frame_counts), skip
+
+
+def parts_completed_by(frame_counts, records_per_file):
+    """The parts that are whole within the shards whose counts are given, the last of them first: the parts
+    that end in the last shard given."""
+    before = sum(frame_counts[:-1])
+    total = before + frame_counts[-1]
+    return list(range(before // records_per_file + 1, total // records_per_file + 1))
+
+
+def split_part(nucleotide_shards, protein_shards, skip, out_nucleotide, out_protein, records_per_file=10_000):
+    """Write one part from the shards that hold it: the `records_per_file` records (or fewer, at the end of
+    the sample) that follow the first `skip` records of the first shard. Streams, and writes atomically."""
+    def lines(paths):
+        for path in paths:
+            with open(path, "rb") as handle:
+                yield from handle
+
+    batch = []
+    for sources in (nucleotide_shards, protein_shards):
+        stream = lines(sources)
+        for _ in islice(stream, 2 * skip):
+            pass
+        batch.append(list(islice(stream, 2 * records_per_file)))
+    _check_pairs(nucleotide_shards[0], protein_shards[0], *batch)
+    for lines_, target in zip(batch, (out_nucleotide, out_protein)):
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            fh.writelines(lines_)
+    return len(batch[0]) // 2

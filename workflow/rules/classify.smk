@@ -65,6 +65,7 @@ rule run_info:
     # numeric mode, the devices, the versions, the chunk size and when the run ended.
     input:
         unpack(sidecar_early_inputs),
+        *[early_parts(shard) for shard in range(1, EARLY_SHARDS + 1)],
         provenance=provenance_parts,
         results="results/{sample}/prediction_results.txt",
     output:

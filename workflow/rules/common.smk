@@ -14,6 +14,7 @@ from virnucflow.embedding_settings import EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
 from virnucflow.predictions import batch_window, score_jobs
 from virnucflow.sample_sheet import read_sample_sheet
+from virnucflow.split import part_span, parts_completed_by
 from virnucflow.shards import shard_bytes, shard_count
 
 
@@ -97,6 +98,76 @@ def prepared_shards(wildcards):
             ("counts", "json"),
         )
     }
+
+
+def shard_frame_files(wildcards):
+    return expand(
+        "results/{sample}/shard_frames/{i}.json",
+        sample=wildcards.sample,
+        i=range(1, shards_of(wildcards) + 1),
+    )
+
+
+def shard_frames(sample, shard):
+    """The kept frames of one prepared shard; until it is known, Snakemake waits for its checkpoint."""
+    done = checkpoints.shard_frames.get(sample=sample, shard=shard).output[0]
+    with open(done) as handle:
+        return json.load(handle)["kept_frames"]
+
+
+def part_layout(wildcards):
+    """(first shard, last shard, frames of the first shard before the part) of part k, from the counts
+    of the shards up to the one where it ends (of all shards for the sample's last part).
+    """
+    k, n = int(wildcards.k), config["records_per_file"]
+    counts = []
+    for shard in range(1, shards_of(wildcards) + 1):
+        counts.append(shard_frames(wildcards.sample, shard))
+        if sum(counts) >= k * n:
+            break
+    return part_span(counts, k, n)
+
+
+def part_sources(wildcards):
+    first, last, _ = part_layout(wildcards)
+    pattern = "results/{sample}/prepared/shard_{i}.{name}"
+    return {
+        key: [
+            pattern.format(sample=wildcards.sample, i=i, name=name)
+            for i in range(first, last + 1)
+        ]
+        for key, name in (("nucleotide", "nucleotide.fa"), ("protein", "protein.faa"))
+    }
+
+
+def part_skip(wildcards):
+    return part_layout(wildcards)[2]
+
+
+# run_info asks for the parts that end in each of the first EARLY_SHARDS shards as soon as those shards are
+# prepared, so that they are embedded while later shards are; the rest follow count_parts. 32 shards of the
+# default 16 MB hold far more frames than the other shards take to prepare (docs/architecture.md).
+EARLY_SHARDS = 32
+
+
+def early_parts(shard):
+    """An input function of run_info: the merged parts that end in shard `shard` of the sample, once it and
+    the shards before it are prepared, while the sample's parts are still to be counted (as for the early
+    sidecar flags, the condition is a file: sidecar_early_inputs says why)."""
+
+    def parts(wildcards):
+        if shard > shards_of(wildcards) or os.path.exists(
+            f"results/{wildcards.sample}/parts.json"
+        ):
+            return []
+        counts = [shard_frames(wildcards.sample, i) for i in range(1, shard + 1)]
+        return expand(
+            "results/{sample}/merged/output_{k}_merged.pt",
+            sample=wildcards.sample,
+            k=parts_completed_by(counts, config["records_per_file"]),
+        )
+
+    return parts
 
 
 def classify_window_parts(wildcards):

@@ -72,8 +72,8 @@ rule embed:
         unpack(lambda wc: model_files()),
         settings=ancient(SETTINGS_FILE),
         identity="results/{sample}/embedding_identity.json",
-        # the part's two files are in this temp() directory, removed once every part is embedded
-        parts="results/{sample}/parts",
+        nucleotide="results/{sample}/parts/output_{k}.fa",
+        protein="results/{sample}/parts/output_{k}.faa",
     output:
         dnabert=keep("results/{sample}/embeddings/output_{k}_DNABERT_S.npz"),
         esm=keep("results/{sample}/embeddings/output_{k}_ESM.npz"),
@@ -91,7 +91,6 @@ rule embed:
         args=embed_args,
     shell:
         "virnucflow embed {params.args} --settings-file {input.settings} "
-        "--nucleotide {input.parts}/output_{wildcards.k}.fa "
-        "--protein {input.parts}/output_{wildcards.k}.faa "
+        "--nucleotide {input.nucleotide} --protein {input.protein} "
         "--dnabert-out {output.dnabert} --esm-out {output.esm} "
         "--provenance-out {output.provenance} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Preparation, in shards: plan the shards (a gzipped input is decompressed for them), read, chunk and
 # translate each shard's byte range in a job of its own, check the sample's ids and put the shards' files
-# together in input order, then count and split the kept frames into parts.
+# together in input order, and count the parts. Each part is cut from the shards that hold its frames, so
+# the first parts go to the GPU while later shards are still prepared (run_info asks for them early).
 # (virnucflow/shards.py gives the sharding rule; the parts never depend on the shards.)
 
 
@@ -32,6 +33,8 @@ rule prepare_shard:
         counts=keep("results/{sample}/prepared/shard_{shard}.json"),
     log:
         "logs/{sample}/prepare/shard_{shard}.log",
+    # the shards in input order, and after the embed jobs that are ready: the first part's shards first
+    priority: lambda wc: -int(wc.shard)
     conda:
         "../envs/virnucflow.yaml"
     params:
@@ -64,11 +67,31 @@ rule concatenate_shards:
         "--ids-shards {input.ids} --counts-shards {input.counts} > {log} 2>&1"
 
 
+checkpoint shard_frames:
+    # How many kept frames one shard holds: a small file that stays, from which the workflow knows which
+    # shards make which part as soon as they are prepared (common.smk, part_sources).
+    input:
+        "results/{sample}/prepared/shard_{shard}.json",
+    output:
+        "results/{sample}/shard_frames/{shard}.json",
+    log:
+        "logs/{sample}/shard_frames/{shard}.log",
+    priority: 1
+    localrule: True
+    conda:
+        "../envs/virnucflow.yaml"
+    shell:
+        "virnucflow shard-frames --counts {input} --output {output} > {log} 2>&1"
+
+
 checkpoint count_parts:
     # How many parts a sample makes: a small file that stays after the run, so that Snakemake can
     # look past it at the per-part rules (and their params) even when the temp() parts are gone.
     input:
-        "results/{sample}/identified_protein.faa",
+        # the sample's checked kept frames (parts are counted only for a sample whose ids are unique)
+        protein="results/{sample}/identified_protein.faa",
+        # every shard's count, so that the parts' jobs find them all once the parts are known
+        frames=shard_frame_files,
     output:
         "results/{sample}/parts.json",
     log:
@@ -78,23 +101,27 @@ checkpoint count_parts:
     params:
         n=config["records_per_file"],
     shell:
-        "virnucflow count-parts --protein {input} --records-per-file {params.n} "
+        "virnucflow count-parts --protein {input.protein} --records-per-file {params.n} "
         "--output {output} > {log} 2>&1"
 
 
-rule split_parts:
-    # streams the kept frames once and writes each part as soon as it is complete
+rule split_part:
+    # one part from the shards that hold its frames, byte for byte the original's split file
     input:
-        nucleotide="results/{sample}/identified_nucleotide.fa",
-        protein="results/{sample}/identified_protein.faa",
+        unpack(part_sources),
     output:
-        keep(directory("results/{sample}/parts")),
+        nucleotide=keep("results/{sample}/parts/output_{k}.fa"),
+        protein=keep("results/{sample}/parts/output_{k}.faa"),
     log:
-        "logs/{sample}/split.log",
+        "logs/{sample}/split/output_{k}.log",
+    priority: 1
+    localrule: True
     conda:
         "../envs/virnucflow.yaml"
     params:
+        skip=part_skip,
         n=config["records_per_file"],
     shell:
-        "virnucflow split --nucleotide {input.nucleotide} --protein {input.protein} "
-        "--records-per-file {params.n} --out-dir {output} > {log} 2>&1"
+        "virnucflow split-part --nucleotide-shards {input.nucleotide} --protein-shards {input.protein} "
+        "--skip {params.skip} --records-per-file {params.n} "
+        "--nucleotide {output.nucleotide} --protein {output.protein} > {log} 2>&1"
