@@ -8,8 +8,8 @@ made by the workflow itself), on `--device`, and as input the FASTA files of `--
 While it runs, every sidecar of the run is asked for its status (`sidecar status`) every second; the last
 answer of each gives its compute seconds. Afterwards the timeline is built from Snakemake's own job
 records (.snakemake/metadata: every job's rule, start and end) and the sidecars' logs (start, READY):
-- preparation: the first start to the last end of shard, prepare_shard, concatenate_shards, count_parts,
-  split_parts;
+- preparation: the first start to the last end of shard, prepare_shard, shard_frames, split_part,
+  concatenate_shards and count_parts (the first parts are embedded while later shards are prepared);
 - sidecar load: each sidecar's process start to READY (its log), and whether that overlapped preparation;
 - embedding: the first embed job's start to the last one's end; each sidecar's busy fraction, its compute
   seconds over the time from READY to its last request;
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import workflow_gpus as wf  # noqa: E402 - the input, models, wrappers, snakemake run and log parsing
 
 STAGES = {
-    "preparation": ("shard", "prepare_shard", "concatenate_shards", "count_parts", "split_parts"),
+    "preparation": ("shard", "prepare_shard", "shard_frames", "split_part", "concatenate_shards", "count_parts"),
     "embedding": ("embed",),
     "classification": ("merge", "classify_part", "classify", "run_info", "contig_calls"),
     "report": ("score_tracks", "report_plots"),

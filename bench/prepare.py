@@ -4,10 +4,11 @@ peak resident memory of each command (docs/benchmarks.md, "Issue 13: preparation
     python bench/prepare.py --records 1000000 --workdir /tmp/prep --cores 1 2
 
 Runs `virnucflow shard` (the plan; for a plain sample it reads nothing), then `prepare-shard` on every
-shard (`--cores` at a time, as Snakemake would), `concatenate-shards` (the whole-sample id check and the
-concatenation), `count-parts` and `split`, each a process; prints one JSON object per core count: the
-seconds and peak memory of each step, the serial share (every step but prepare-shard), and the speed-up
-over the first core count. The sample is coding-like (stop-free codons), so most chunks keep a frame and
+shard (`--cores` at a time, as Snakemake would), `shard-frames` on every shard and `split-part` on every
+part (each part cut from the shards that hold it), `concatenate-shards` (the whole-sample id check and the
+concatenation) and `count-parts`, each a process; prints one JSON object per core count: the seconds and
+peak memory of each step, the serial share (`shard`, `concatenate-shards` and `count-parts`, the steps
+that run once per sample), and the speed-up over the first core count. The sample is coding-like (stop-free codons), so most chunks keep a frame and
 the split has real work.
 """
 
@@ -48,6 +49,22 @@ def run_all(commands, cores):
     return peak
 
 
+def split_commands(out, n, records_per_file):
+    """One `split-part` per part, from the shards' frame counts, as the workflow's split_part jobs."""
+    from virnucflow.split import part_count, part_span
+
+    counts = [json.loads((out / f"{i}.frames").read_text())["kept_frames"] for i in range(1, n + 1)]
+    commands = []
+    for k in range(1, part_count(sum(counts), records_per_file) + 1):
+        first, last, skip = part_span(counts, k, records_per_file)
+        shards = range(first, last + 1)
+        commands.append(["split-part", "--nucleotide-shards", *(str(out / f"{i}.nucleotide") for i in shards),
+                         "--protein-shards", *(str(out / f"{i}.protein") for i in shards), "--skip", str(skip),
+                         "--records-per-file", str(records_per_file), "--nucleotide",
+                         str(out / f"parts/output_{k}.fa"), "--protein", str(out / f"parts/output_{k}.faa")])
+    return commands
+
+
 def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
     from virnucflow.shards import shard_bytes, shard_count
 
@@ -61,6 +78,9 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
         for i in range(1, n + 1)
     ]
     targets = {"chunked": "chunked.fa", "nucleotide": "identified_nucleotide.fa", "protein": "identified_protein.faa"}
+    steps["shard-frames"] = [["shard-frames", "--counts", str(out / f"{i}.counts"), "--output",
+                              str(out / f"{i}.frames")] for i in range(1, n + 1)]
+    steps["split-part"] = lambda: split_commands(out, n, records_per_file)
     steps["concatenate-shards"] = [["concatenate-shards", *(
         arg for name in names
         for arg in (*((f"--{name}", str(out / targets[name])) if name in targets else ()),
@@ -68,17 +88,14 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
     )]]
     steps["count-parts"] = [["count-parts", "--protein", str(out / "identified_protein.faa"),
                              "--records-per-file", str(records_per_file), "--output", str(out / "parts.json")]]
-    steps["split"] = [["split", "--nucleotide", str(out / "identified_nucleotide.fa"), "--protein",
-                       str(out / "identified_protein.faa"), "--records-per-file", str(records_per_file),
-                       "--out-dir", str(out / "parts")]]
     result = {"cores": cores, "shards": n, "steps": {}}
     started = time.monotonic()
     for name, commands in steps.items():
         t0 = time.monotonic()
-        peak = run_all(commands, cores)
+        peak = run_all(commands() if callable(commands) else commands, cores)
         result["steps"][name] = {"seconds": round(time.monotonic() - t0, 1), "max_rss_mb": round(peak, 1)}
     result["seconds"] = round(time.monotonic() - started, 1)
-    serial = sum(step["seconds"] for name, step in result["steps"].items() if name != "prepare-shard")
+    serial = sum(result["steps"][name]["seconds"] for name in ("shard", "concatenate-shards", "count-parts"))
     result["serial_share"] = round(serial / result["seconds"], 3)
     result["max_rss_mb"] = max(step["max_rss_mb"] for step in result["steps"].values())
     result["parts"] = json.loads((out / "parts.json").read_text())["parts"]

@@ -22,7 +22,7 @@ from workflow_runs import DEMO_DATA, job_counts, snakemake, wait_for, write_conf
 # a re-embed splits the temp() parts again and starts a sidecar
 # no `sidecar` job: once a sample's parts are counted, its embed jobs start their sidecar themselves
 # (--ensure), so that a sidecar job, which makes its flag anew, never marks finished parts for a rerun
-EMBED_RULES = {"embedding_identity", "split_parts", "embed", "merge"}
+EMBED_RULES = {"embedding_identity", "split_part", "embed", "merge"}
 CLASSIFY_ON = {"classify_part", "classify", "run_info", "contig_calls", "score_tracks", "report_plots", "all"}
 
 

@@ -116,7 +116,7 @@ def test_the_statistics_hold_every_rule_that_ran(run, report):
     timed = set(re.findall(r'\{"rule": "(\w+)", "runtime": [-0-9.e]+\}', report))
     # (the `sidecar` job runs only if the preparation has not counted the parts before it starts: the
     # demo's is quicker than the models the demo makes, and then the first embed job starts the sidecar)
-    assert {"embed", "merge", "count_parts", "split_parts"} <= ran
+    assert {"embed", "merge", "count_parts", "split_part"} <= ran
     assert timed == ran
     runtimes = {rule: float(t) for rule, t in re.findall(r'\{"rule": "(\w+)", "runtime": ([-0-9.e]+)\}', report)}
     assert all(t > 0 for t in runtimes.values()), runtimes  # a log-scale plot cannot draw 0 or less

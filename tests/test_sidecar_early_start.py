@@ -84,14 +84,14 @@ def test_a_rerun_after_a_failure_redoes_only_the_failed_sample(failed_then_rerun
                                   ("--forcerun", "classify"), ("--forcerun", "run_info")])
 def test_repeated_and_partial_runs_embed_nothing_and_start_no_sidecar(failed_then_rerun, args):
     counts = plan(failed_then_rerun["workdir"], *args)
-    assert "sidecar" not in counts and "embed" not in counts and "split_parts" not in counts, counts
+    assert "sidecar" not in counts and "embed" not in counts and "split_part" not in counts, counts
     if args[:1] == ("--forcerun",):
         assert counts[args[1]] == 4, counts
 
 
 def test_a_partial_fresh_run_that_embeds_nothing_starts_no_sidecar(tmp_path):
     write_demo_run_config(tmp_path)
-    for args in (("--until", "count_parts"), ("results/phage_mix/parts",)):
+    for args in (("--until", "count_parts"), ("results/phage_mix/parts/output_1.fa",)):
         counts = plan(tmp_path, *args)
         assert counts and "sidecar" not in counts, (args, counts)
 
@@ -104,3 +104,34 @@ def test_a_sample_added_to_a_finished_run_embeds_only_itself(failed_then_rerun):
     counts = plan(workdir, "--config", "samples=samples_plus.tsv")
     assert counts["sidecar"] == 2 and counts["shard"] == 1, counts
     assert "embed" not in counts and "merge" not in counts and "classify_part" not in counts, counts
+
+
+def job_times(workdir):
+    """{rule: {log file: (start, end)}} of the jobs of the run, from Snakemake's records (one per output)."""
+    times = {}
+    for path in (Path(workdir) / ".snakemake" / "metadata").glob("*"):
+        record = json.loads(path.read_text())
+        times.setdefault(record["rule"], {})[" ".join(record.get("log") or ())] = (record["starttime"], record["endtime"])
+    return times
+
+
+def test_the_first_shards_parts_are_embedded_while_later_shards_are_prepared(tmp_path):
+    """A sample of eight shards on two cores: the shards run in input order, and the parts that end in the
+    first shards are cut and sent to the sidecar as soon as those shards are prepared, before the last shard
+    is, and so before the sample's parts are counted."""
+    from workflow_runs import orf_workload
+
+    config = orf_workload(tmp_path, 300, records_per_file=10, embedding={"sidecar": True, "device": "cpu"})
+    settings = yaml.safe_load(config.read_text())
+    settings["shard_mb"] = (tmp_path / "orfs.fa").stat().st_size / 8 / 1e6
+    config.write_text(yaml.safe_dump(settings))
+    snakemake(tmp_path, "--cores", "2")
+    times = job_times(tmp_path)
+    shards = times["prepare_shard"]
+    assert len(shards) == 8 and len(times["embed"]) == 30, {rule: len(jobs) for rule, jobs in times.items()}
+    by_start = sorted(shards, key=shards.get)
+    assert "logs/orfs/prepare/shard_1.log" in by_start[:2] and "logs/orfs/prepare/shard_8.log" in by_start[-2:]
+    first_embed = min(start for start, _ in times["embed"].values())
+    assert first_embed < max(end for _, end in shards.values()), times
+    assert first_embed < min(start for start, _ in times["count_parts"].values()), times
+    assert (tmp_path / "results/orfs/prediction_results.txt").is_file()

@@ -81,7 +81,8 @@ def test_200_files_two_cores_one_model_load_bounded_memory(tmp_path):
 def test_a_failed_file_costs_only_that_file_and_a_rerun_redoes_only_it(tmp_path, reference_run):
     workdir = tmp_path / "fail"
     many_parts_config(workdir, 12, keep_intermediate=True, embedding={"sidecar": True, "device": "cpu"})
-    snakemake(workdir, "--cores", "2", "results/orfs/parts")  # the parts, and nothing after them
+    parts = [f"results/orfs/parts/output_{k}.fa" for k in range(1, 13)]
+    snakemake(workdir, "--cores", "2", *parts)  # the parts, and nothing after them
     part = workdir / "results/orfs/parts/output_7.fa"
     good = part.read_bytes()
     part.write_bytes(good + b"\x00\x01binary junk\n")

@@ -154,7 +154,7 @@ def test_slurm_ran_every_job(slurm_run):
     # one SLURM job per job of the run, but for the two local rules (all, and the sidecar rule that submits)
     ran = re.findall(r"^(?:rule|checkpoint) (\w+):$", output, re.M)
     assert len(jobids) == len([r for r in ran if r not in ("all", "sidecar")]), (jobids, ran)
-    for rule in ("make_demo_models", "shard", "prepare_shard", "split_parts", "embed", "merge", "classify_part", "classify"):
+    for rule in ("make_demo_models", "shard", "prepare_shard", "embed", "merge", "classify_part", "classify"):
         assert rule in ran, rule
 
 

@@ -3,6 +3,7 @@ are byte for byte those of one chunk and one translate job over the whole sample
 leaves nothing; and preparing a sample takes bounded memory."""
 
 import gzip
+import json
 import random
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from virnucflow import cli
 from virnucflow.errors import InputError
 from virnucflow.fasta import read_fasta
 from virnucflow.shards import check_records, concatenate, plan_shards, prepare_shard, shard_count
-from virnucflow.split import split_parts
+from virnucflow.split import part_count, part_span, parts_completed_by, split_part, split_parts
 
 
 def sample_records(n, seed=5):
@@ -52,13 +53,30 @@ def check_shards(out, n):
 
 
 def prepare_in_shards(fasta, out, shard_bytes, size=300, records_per_file=37):
-    """The workflow's steps in-process: plan, prepare each shard, check, put them together, split."""
+    """The workflow's steps in-process: plan, prepare each shard, check, put them together, cut the parts."""
     n = len(prepare_shards(fasta, out, shard_bytes, size))
     check_shards(out, n)
     for name, target in zip(NAMES, ("chunked.fa", "identified_nucleotide.fa", "identified_protein.faa")):
         concatenate([out / f"shard_{i}.{name}" for i in range(1, n + 1)], out / target)
-    split_parts(out / "identified_nucleotide.fa", out / "identified_protein.faa", out / "parts", records_per_file)
+    split_from_shards(out, n, records_per_file)
     return n
+
+
+def split_from_shards(out, n, records_per_file):
+    """The parts as the workflow cuts them: each from the shards that hold it. A part that is whole within the
+    first shards is cut as soon as they are known (the workflow asks for it early), from their counts alone."""
+    counts = [json.loads((out / f"shard_{i}.json").read_text())["kept_frames"] for i in range(1, n + 1)]
+    early = {k: i for i in range(1, n + 1) for k in parts_completed_by(counts[:i], records_per_file)}
+    parts = part_count(sum(counts), records_per_file)
+    assert set(early) <= set(range(1, parts + 1))
+    assert len(early) in (parts, parts - 1)  # all but a last part that is not whole
+    for k in range(1, parts + 1):
+        first, last, skip = part_span(counts, k, records_per_file)
+        if k in early:
+            assert early[k] == last and part_span(counts[:last], k, records_per_file) == (first, last, skip)
+        shards = range(first, last + 1)
+        split_part([out / f"shard_{i}.nucleotide.fa" for i in shards], [out / f"shard_{i}.protein.faa" for i in shards],
+                   skip, out / f"parts/output_{k}.fa", out / f"parts/output_{k}.faa", records_per_file)
 
 
 def prepare_in_one_piece(fasta, out, size=300, records_per_file=37):
@@ -83,7 +101,7 @@ def test_any_shard_count_gives_the_one_piece_files(tmp_path, name):
     expected = files(tmp_path / "whole")
     assert len([k for k in expected if k.startswith("parts/")]) > 10
     size = fasta.stat().st_size
-    for shard_bytes in (10 * size, size // 7, 4096):
+    for shard_bytes in (10 * size, size // 7, 4096, 1500):
         out = tmp_path / f"sharded_{shard_bytes}"
         n = prepare_in_shards(fasta, out, shard_bytes)
         assert n == shard_count(size, shard_bytes)
@@ -261,12 +279,16 @@ def test_preparing_a_large_sample_takes_bounded_memory(tmp_path):
     for name in ("ids", "counts"):
         gather += [f"--{name}-shards", *(str(tmp_path / f"{name}{i}") for i in range(1, n + 1))]
     commands.append(gather)
-    commands.append(["split", "--nucleotide", str(tmp_path / "n.all"), "--protein", str(tmp_path / "p.all"),
-                     "--records-per-file", "10000", "--out-dir", str(tmp_path / "parts")])
+    # part 3 of 7,500 frames cut from the shards, past the first shard's end (its frames held at once)
+    commands.append(["split-part", "--nucleotide-shards", *(str(tmp_path / f"nucleotide{i}") for i in range(1, n + 1)),
+                     "--protein-shards", *(str(tmp_path / f"protein{i}") for i in range(1, n + 1)),
+                     "--part", "3", "--records-per-file", "7500",
+                     "--nucleotide", str(tmp_path / "part.fa"), "--protein", str(tmp_path / "part.faa")])
     proc = subprocess.run([sys.executable, "-c", PEAK, json.dumps(commands)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     peak_mb = int(proc.stdout) / 1024
     assert n >= 3 and (tmp_path / "p.all").stat().st_size > 5_000_000
+    assert (tmp_path / "part.faa").read_text().count(">") == 7_500
     assert peak_mb < 100, f"a preparation step peaked at {peak_mb:.0f} MB"
 
 

@@ -77,9 +77,14 @@ def cmd_split(args):
 
 
 def cmd_split_part(args):
+    import json
+    from pathlib import Path
+
     from virnucflow.split import split_part
 
-    n = split_part(args.nucleotide_shards, args.protein_shards, args.skip, args.nucleotide, args.protein,
+    before = sum(json.loads(Path(p).read_text())["kept_frames"] for p in args.frames_before)
+    skip = (args.part - 1) * args.records_per_file - before
+    n = split_part(args.nucleotide_shards, args.protein_shards, skip, args.nucleotide, args.protein,
                    args.records_per_file)
     logging.info("wrote %d frame(s) to %s and %s", n, args.nucleotide, args.protein)
 
@@ -422,10 +427,13 @@ def build_parser(command=None):
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("split-part", help="write one part from the shards that hold it (output_<k>.fa/.faa)")
-    p.add_argument("--nucleotide-shards", nargs="+", required=True, help="the shards' kept-frame DNA, in order")
-    p.add_argument("--protein-shards", nargs="+", required=True, help="the shards' kept-frame proteins, in order")
-    p.add_argument("--skip", type=int, default=0, help="frames of the first shard that come before the part")
+    p = sub.add_parser("split-part", help="write one part from the kept-frame files that hold it, the sample's or "
+                       "its shards' (output_<k>.fa/.faa)")
+    p.add_argument("--nucleotide-shards", nargs="+", required=True, help="kept-frame DNA files, in order")
+    p.add_argument("--protein-shards", nargs="+", required=True, help="kept-frame protein files, in order")
+    p.add_argument("--part", type=int, required=True, help="the part's number k (from 1): frames (k-1)N+1 .. kN")
+    p.add_argument("--frames-before", nargs="*", default=[], metavar="JSON",
+                   help="shard-frames files of the shards before the first one given (none: it starts the sample)")
     p.add_argument("--records-per-file", type=int, default=10_000)
     p.add_argument("--nucleotide", required=True)
     p.add_argument("--protein", required=True)

@@ -115,33 +115,51 @@ def shard_frames(sample, shard):
         return json.load(handle)["kept_frames"]
 
 
-def part_layout(wildcards):
-    """(first shard, last shard, frames of the first shard before the part) of part k, from the counts
-    of the shards up to the one where it ends (of all shards for the sample's last part).
+def part_sources(wildcards):
+    """The kept-frame files that hold part k: the sample's, once its shards are put together (a re-embedding
+    reads them, since the shards' files are temp()), else the shards' from the first that holds the part to
+    the one where it ends, with the frame counts of the shards before them (split-part skips those frames).
     """
-    k, n = int(wildcards.k), config["records_per_file"]
+    sample, k, n = wildcards.sample, int(wildcards.k), config["records_per_file"]
+    whole = {
+        "nucleotide": [f"results/{sample}/identified_nucleotide.fa"],
+        "protein": [f"results/{sample}/identified_protein.faa"],
+    }
+    if os.path.exists(whole["protein"][0]):
+        return dict(whole, before=[])
     counts = []
     for shard in range(1, shards_of(wildcards) + 1):
-        counts.append(shard_frames(wildcards.sample, shard))
+        counts.append(shard_frames(sample, shard))
         if sum(counts) >= k * n:
             break
-    return part_span(counts, k, n)
-
-
-def part_sources(wildcards):
-    first, last, _ = part_layout(wildcards)
-    pattern = "results/{sample}/prepared/shard_{i}.{name}"
+    first, last, _ = part_span(counts, k, n)
+    shard = "results/{sample}/prepared/shard_{i}.{name}"
     return {
-        key: [
-            pattern.format(sample=wildcards.sample, i=i, name=name)
+        "nucleotide": [
+            shard.format(sample=sample, i=i, name="nucleotide.fa")
             for i in range(first, last + 1)
-        ]
-        for key, name in (("nucleotide", "nucleotide.fa"), ("protein", "protein.faa"))
+        ],
+        "protein": [
+            shard.format(sample=sample, i=i, name="protein.faa")
+            for i in range(first, last + 1)
+        ],
+        "before": [f"results/{sample}/shard_frames/{i}.json" for i in range(1, first)],
     }
 
 
-def part_skip(wildcards):
-    return part_layout(wildcards)[2]
+# Priorities: the sidecar 10; shard_frames and split_part 1 (they hand a part on); other jobs 0; then the
+# embed jobs, part 1 first; then the shards, shard 1 first. So a part that is ready is sent before the
+# remaining shards are prepared and parts are sent in order (the sidecar takes the oldest part first, and
+# classify_part needs its neighbours). Snakemake's scheduler weighs a priority above all else, so values
+# in (-1, -0.5] and (-2, -1.5] keep the two orders apart however many parts and shards there are.
+def embed_priority(wildcards):
+    k = int(wildcards.k)
+    return -k / (k + 1)
+
+
+def shard_priority(wildcards):
+    shard = int(wildcards.shard)
+    return -1 - shard / (shard + 1)
 
 
 # run_info asks for the parts that end in each of the first EARLY_SHARDS shards as soon as those shards are

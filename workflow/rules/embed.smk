@@ -82,6 +82,7 @@ rule embed:
         "logs/{sample}/embed/output_{k}.log",
     benchmark:
         "benchmarks/{sample}/embed/output_{k}.tsv"
+    priority: lambda wc: embed_priority(wc)
     conda:
         "../envs/virnucflow.yaml"
     resources:

@@ -33,8 +33,8 @@ rule prepare_shard:
         counts=keep("results/{sample}/prepared/shard_{shard}.json"),
     log:
         "logs/{sample}/prepare/shard_{shard}.log",
-    # the shards in input order, and after the embed jobs that are ready: the first part's shards first
-    priority: lambda wc: -int(wc.shard)
+    # in input order, after the embed jobs that are ready (common.smk, "Priorities")
+    priority: lambda wc: shard_priority(wc)
     conda:
         "../envs/virnucflow.yaml"
     params:
@@ -106,7 +106,8 @@ checkpoint count_parts:
 
 
 rule split_part:
-    # one part from the shards that hold its frames, byte for byte the original's split file
+    # one part, byte for byte the original's split file, from the sample's kept frames or (while they are
+    # still to be put together) from the shards that hold it
     input:
         unpack(part_sources),
     output:
@@ -119,9 +120,9 @@ rule split_part:
     conda:
         "../envs/virnucflow.yaml"
     params:
-        skip=part_skip,
         n=config["records_per_file"],
     shell:
-        "virnucflow split-part --nucleotide-shards {input.nucleotide} --protein-shards {input.protein} "
-        "--skip {params.skip} --records-per-file {params.n} "
+        "virnucflow split-part --part {wildcards.k} --records-per-file {params.n} "
+        "--nucleotide-shards {input.nucleotide} --protein-shards {input.protein} "
+        "--frames-before {input.before} "
         "--nucleotide {output.nucleotide} --protein {output.protein} > {log} 2>&1"
