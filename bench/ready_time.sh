@@ -17,5 +17,6 @@ for i in 1 2; do
     --dnabert-s "$DNA" --device "$DEVICE" --mode "$MODE" ${READY_ARGS:-} --log $WORK/ready_$i.log > /dev/null || { tail -5 $WORK/ready_$i.log; exit 1; }
   end=$(date +%s.%N)
   python3 -c "print('start $i: READY after %.1f s' % ($end - $start))"
+  grep -h "loaded\|compile" $WORK/ready_$i.log | sed 's/^/    /'   # each model's load, with its seconds
   python3 -m sidecar stop --endpoint-file $WORK/ready_$i.json > /dev/null
 done

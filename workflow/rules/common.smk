@@ -116,31 +116,25 @@ def shard_frames(sample, shard):
 
 
 def part_sources(wildcards):
-    """The kept-frame files that hold part k: the sample's, once its shards are put together (a re-embedding
-    reads them, since the shards' files are temp()), else the shards' from the first that holds the part to
-    the one where it ends, with the frame counts of the shards before them (split-part skips those frames).
+    """The shards' kept-frame files that hold part k, from the first that holds it to the one where it ends,
+    and the counts of the shards before them, whose frames split-part skips. Always the shards' files (kept
+    for re-embedding): a job's set of input files must not depend on when it ran, or Snakemake redoes it.
     """
     sample, k, n = wildcards.sample, int(wildcards.k), config["records_per_file"]
-    whole = {
-        "nucleotide": [f"results/{sample}/identified_nucleotide.fa"],
-        "protein": [f"results/{sample}/identified_protein.faa"],
-    }
-    if os.path.exists(whole["protein"][0]):
-        return dict(whole, before=[])
     counts = []
     for shard in range(1, shards_of(wildcards) + 1):
         counts.append(shard_frames(sample, shard))
         if sum(counts) >= k * n:
             break
     first, last, _ = part_span(counts, k, n)
-    shard = "results/{sample}/prepared/shard_{i}.{name}"
+    pattern = "results/{sample}/prepared/shard_{i}.{name}"
     return {
         "nucleotide": [
-            shard.format(sample=sample, i=i, name="nucleotide.fa")
+            pattern.format(sample=sample, i=i, name="nucleotide.fa")
             for i in range(first, last + 1)
         ],
         "protein": [
-            shard.format(sample=sample, i=i, name="protein.faa")
+            pattern.format(sample=sample, i=i, name="protein.faa")
             for i in range(first, last + 1)
         ],
         "before": [f"results/{sample}/shard_frames/{i}.json" for i in range(1, first)],

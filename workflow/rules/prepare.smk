@@ -27,8 +27,9 @@ rule prepare_shard:
         "results/{sample}/shards",
     output:
         chunked=keep("results/{sample}/prepared/shard_{shard}.chunked.fa"),
-        nucleotide=keep("results/{sample}/prepared/shard_{shard}.nucleotide.fa"),
-        protein=keep("results/{sample}/prepared/shard_{shard}.protein.faa"),
+        # the parts are cut from these (common.smk, part_sources), again when the models change
+        nucleotide="results/{sample}/prepared/shard_{shard}.nucleotide.fa",
+        protein="results/{sample}/prepared/shard_{shard}.protein.faa",
         ids=keep("results/{sample}/prepared/shard_{shard}.ids"),
         counts=keep("results/{sample}/prepared/shard_{shard}.json"),
     log:
@@ -106,10 +107,12 @@ checkpoint count_parts:
 
 
 rule split_part:
-    # one part, byte for byte the original's split file, from the sample's kept frames or (while they are
-    # still to be put together) from the shards that hold it
+    # one part, byte for byte the original's split file, from the shards that hold it
     input:
-        unpack(part_sources),
+        # named one by one, so that a dry run that targets a part before its shards exist can name them
+        nucleotide=lambda wc: part_sources(wc)["nucleotide"],
+        protein=lambda wc: part_sources(wc)["protein"],
+        before=lambda wc: part_sources(wc)["before"],
     output:
         nucleotide=keep("results/{sample}/parts/output_{k}.fa"),
         protein=keep("results/{sample}/parts/output_{k}.faa"),
