@@ -24,15 +24,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 import e2e  # noqa: E402 - the config writer
 import prepare  # noqa: E402 - the synthetic sample
 import workflow_gpus as wf  # noqa: E402 - the wrappers and the stopping of snakemake
 
 
-def run(checkout, fasta, args, work):
+def run(checkout, fasta, args, work, name):
     """One run of the workflow of `checkout`; the times (s since snakemake started) of its first part."""
-    workdir = work / f"run_{checkout.name}"
+    workdir = work / name
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     settings = SimpleNamespace(parts=1, records_per_file=args.records_per_file, device=args.device, mode=None,
@@ -41,7 +42,7 @@ def run(checkout, fasta, args, work):
     text = config.read_text() + f"shard_mb: {args.shard_mb}\n"
     config.write_text(text)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{work / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(checkout))
+               PYTHONPATH=os.pathsep.join(p for p in (str(checkout), os.environ.get("PYTHONPATH")) if p))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config), "--cores", str(args.cores)]
     out = workdir / "results" / "big"
@@ -62,8 +63,7 @@ def run(checkout, fasta, args, work):
                 time.sleep(0.1)
         finally:
             wf.stop(proc, grace=10)
-    plan = json.loads((out / "shards/plan.json").read_text()) if (out / "shards/plan.json").exists() else {}
-    return {"checkout": str(checkout), "shards": plan.get("shards"), **seen,
+    return {"checkout": str(checkout), **seen,
             "shard_jobs_started_at_first_embed": shards_at_first}
 
 
@@ -87,10 +87,14 @@ def main(argv=None):
     if not fasta.exists() or fasta.stat().st_size == 0:
         prepare.write_sample(fasta, args.records, 100)
     results = []
-    for checkout in ([args.against] if args.against else []) + [REPO]:
-        results.append(run(checkout.resolve(), fasta, args, args.work))
+    for i, checkout in enumerate(([args.against] if args.against else []) + [REPO]):
+        results.append(run(checkout.resolve(), fasta, args, args.work, f"run_{i}"))
         print(json.dumps(results[-1]), flush=True)
-    summary = {"records": args.records, "bytes": fasta.stat().st_size, "cores": args.cores, "runs": results}
+    from virnucflow.shards import shard_bytes, shard_count
+
+    size = fasta.stat().st_size
+    summary = {"records": args.records, "bytes": size, "shards": shard_count(size, shard_bytes(args.shard_mb)),
+               "cores": args.cores, "runs": results}
     if len(results) == 2 and all("first_embed_started" in r for r in results):
         summary["first_embed_ratio"] = round(results[1]["first_embed_started"] / results[0]["first_embed_started"], 3)
         print(f"first part to a sidecar: {results[0]['first_embed_started']} s -> "

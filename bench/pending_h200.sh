@@ -9,6 +9,8 @@
 #   ready      seconds to READY, twice, without and with embedding.compile_cache_dir (issue 12 point 5)
 #   e2e        the workflow on 50,000 frames of 500 bp, fast mode, 16 cores: timeline and wall/compute (issue 13)
 #   prepare    preparation of 1,000,000 records on 1 and 16 cores (issue 13: >= 0.7 x cores)
+#   first      seconds to the first part at a sidecar, 3,000,000 records, 16 cores, against the code in
+#              .benchdata/old (a `git archive` of an earlier commit; issue 13: within 15 s)
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -26,9 +28,12 @@ for stage in "$@"; do
              READY_ARGS="--compile-cache-dir /tmp/vnf-compile" timeout 150 bash bench/ready_time.sh cuda:0 fast
            } > "$OUT/ready.log" 2>&1 ;;
     e2e) timeout 420 python3 bench/e2e.py --models-dir /tmp/m --frames 50000 --records-per-file 10000 --cores 16 \
-           --mode fast --out "$OUT/e2e_50k.json" > "$OUT/e2e_50k.log" 2>&1 ;;
+           --mode fast --out "$OUT/e2e_50k.json" > "$OUT/e2e_50k.log" 2>&1
+         cat /tmp/virnucflow_e2e/run/logs/sidecar/*.server.log > "$OUT/e2e_server.log" ;;
     prepare) timeout 300 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 --shard-mb 5 \
                > "$OUT/prepare.log" 2>&1 ;;
+    first) timeout 400 python3 bench/first_part.py --records 3000000 --models-dir /tmp/m --size real --device cuda \
+             --cores 16 --against .benchdata/old --timeout 180 --out "$OUT/first_part.json" > "$OUT/first_part.log" 2>&1 ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
   echo "$stage: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
