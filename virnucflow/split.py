@@ -2,19 +2,18 @@
 
 Part k (from 1) holds records (k-1)*N+1 .. k*N; nucleotide and protein parts hold the same ids in
 the same order. Unlike the original, a sample with no kept frame still gets one empty part, so the
-rest of the pipeline runs and writes header-only results instead of stopping. The split streams:
-it holds one part's records at a time.
+rest of the pipeline runs and writes header-only results instead of stopping. Both ways stream and hold
+one part's records at a time.
 
 The kept-frame files are the workflow's own, written by `write_fasta` unwrapped: a header line and one
 sequence line per record. So a part is the next 2N lines of each file, copied as they are, without
-parsing (this step is serial; it is byte for byte what parsing and writing the records gave); a file
-not in that form is an error.
+parsing (byte for byte what parsing and writing the records gave); a file not in that form is an error.
 
-A part can also be cut straight from the shards' kept-frame files (`split_part`), so that it goes to the
-GPU as soon as the shards holding its frames are prepared, not after the whole sample: `part_span` says
-which shards hold part k from the shards' frame counts, and `parts_completed_by` which parts are whole
-once the first shards are known. The part files are the same bytes either way.
-"""
+`split_parts` cuts every part from one pair of files (the `split` command, for a sample's files).
+The workflow cuts each part on its own from the shards' files (`split_part`), so that a part goes to
+the GPU as soon as the shards holding its frames are prepared: `part_span` says which shards hold part k
+from the shards' kept-frame counts, and `parts_completed_by` which parts end in the last shard of those
+known so far. The part files are the same bytes either way."""
 
 from itertools import islice, repeat
 from pathlib import Path
@@ -92,8 +91,8 @@ def part_span(frame_counts, k, records_per_file):
 
 
 def parts_completed_by(frame_counts, records_per_file):
-    """The parts that are whole within the shards whose counts are given, the last of them first: the parts
-    that end in the last shard given."""
+    """The parts that end in the last of the shards whose counts are given (in order from shard 1): whole
+    once those shards are prepared, whatever the shards after them hold."""
     before = sum(frame_counts[:-1])
     total = before + frame_counts[-1]
     return list(range(before // records_per_file + 1, total // records_per_file + 1))

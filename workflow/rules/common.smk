@@ -157,8 +157,9 @@ def shard_priority(wildcards):
 
 
 # run_info asks for the parts that end in each of the first EARLY_SHARDS shards as soon as those shards are
-# prepared, so that they are embedded while later shards are; the rest follow count_parts. 32 shards of the
-# default 16 MB hold far more frames than the other shards take to prepare (docs/architecture.md).
+# prepared, so that they are embedded while later shards are; the rest follow count_parts. A fixed number
+# bounds how often Snakemake re-evaluates run_info (once per shard of these); 32 shards of the default
+# 16 MB give the GPU far more work than the other shards take to prepare (docs/architecture.md).
 EARLY_SHARDS = 32
 
 
