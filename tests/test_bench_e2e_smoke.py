@@ -34,7 +34,7 @@ def test_e2e_timeline_of_a_cpu_demo_run(tmp_path):
 
 
 def test_first_part_benchmark_at_ci_size(tmp_path):
-    """bench/first_part.py on a sample of four shards, this checkout against itself: each run reports when
+    """bench/first_part.py on a sample of several shards, this checkout against itself: each run reports when
     the first part reached the sidecar (before the sample's parts were counted) and the ratio."""
     models = tmp_path / "models"
     subprocess.run([sys.executable, str(REPO / "bench/real_models.py"), "--out", str(models), "--size", "tiny"],
@@ -48,6 +48,8 @@ def test_first_part_benchmark_at_ci_size(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["shards"] == 4 and len(result["runs"]) == 2 and result["first_embed_ratio"] > 0
+    from virnucflow.shards import shard_count
+
+    assert result["shards"] == shard_count(result["bytes"], 300_000) >= 5 and len(result["runs"]) == 2 and result["first_embed_ratio"] > 0
     for run in result["runs"]:
         assert run["first_embed_started"] <= run["first_part_embedded"], run

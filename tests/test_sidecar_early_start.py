@@ -116,21 +116,21 @@ def job_times(workdir):
 
 
 def test_the_first_shards_parts_are_embedded_while_later_shards_are_prepared(tmp_path):
-    """A sample of eight shards on two cores: the shards run in input order, and the parts that end in the
-    first shards are cut and sent to the sidecar as soon as those shards are prepared, before the last shard
-    is, and so before the sample's parts are counted."""
+    """A sample of eleven shards (four small ones, then seven of shard_mb) on two cores: the shards run in
+    input order, and the parts that end in the first shards are cut and sent to the sidecar as soon as
+    those shards are prepared, before the last shard is, and so before the sample's parts are counted."""
     from workflow_runs import orf_workload
 
     config = orf_workload(tmp_path, 300, records_per_file=10, embedding={"sidecar": True, "device": "cpu"})
     settings = yaml.safe_load(config.read_text())
-    settings["shard_mb"] = (tmp_path / "orfs.fa").stat().st_size / 8 / 1e6
+    settings["shard_mb"] = (tmp_path / "orfs.fa").stat().st_size / 7.5 / 1e6
     config.write_text(yaml.safe_dump(settings))
     snakemake(tmp_path, "--cores", "2")
     times = job_times(tmp_path)
     shards = times["prepare_shard"]
-    assert len(shards) == 8 and len(times["embed"]) == 30, {rule: len(jobs) for rule, jobs in times.items()}
+    assert len(shards) == 11 and len(times["embed"]) == 30, {rule: len(jobs) for rule, jobs in times.items()}
     by_start = sorted(shards, key=shards.get)
-    assert "logs/orfs/prepare/shard_1.log" in by_start[:2] and "logs/orfs/prepare/shard_8.log" in by_start[-2:]
+    assert "logs/orfs/prepare/shard_1.log" in by_start[:2] and "logs/orfs/prepare/shard_11.log" in by_start[-2:]
     first_embed = min(start for start, _ in times["embed"].values())
     assert first_embed < max(end for _, end in shards.values()), times
     assert first_embed < min(start for start, _ in times["count_parts"].values()), times

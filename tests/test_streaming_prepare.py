@@ -2,6 +2,7 @@
 are byte for byte those of one chunk and one translate job over the whole sample; bad input is one line and
 leaves nothing; and preparing a sample takes bounded memory."""
 
+import bisect
 import gzip
 import json
 import random
@@ -13,7 +14,7 @@ import pytest
 from virnucflow import cli
 from virnucflow.errors import InputError
 from virnucflow.fasta import read_fasta
-from virnucflow.shards import check_records, concatenate, plan_shards, prepare_shard, shard_count
+from virnucflow.shards import check_records, concatenate, plan_shards, prepare_shard, shard_count, shard_starts
 from virnucflow.split import part_count, part_span, parts_completed_by, split_part, split_parts
 
 
@@ -119,13 +120,17 @@ def test_shards_follow_the_records_position_in_the_file(tmp_path):
     records = [(f"s{i:02d}", "ACGT" * 25) for i in range(100)]  # each record takes 5 + 101 = 106 bytes
     fasta = tmp_path / "s.fa"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
-    assert len(prepare_shards(fasta, tmp_path, 1060)) == 10
-    for i in range(1, 11):  # 10 records per shard, in input order
-        assert shard_ids(tmp_path, i) == [f"s{j:02d}" for j in range((i - 1) * 10, i * 10)]
+    # shards start at 0, 132, 265, 530 (together the first 1060 bytes), then every 1060 bytes
+    assert shard_starts(10_600, 1060) == [0, 132, 265, 530] + list(range(1060, 10_600, 1060))
+    assert len(prepare_shards(fasta, tmp_path, 1060)) == 13
+    assert [len(shard_ids(tmp_path, i)) for i in range(1, 5)] == [2, 1, 2, 5]  # records at 0, 106, 212, ...
+    for i in range(5, 14):  # then 10 records per shard, in input order
+        assert shard_ids(tmp_path, i) == [f"s{j:02d}" for j in range((i - 4) * 10, (i - 3) * 10)]
+    assert [rid for i in range(1, 14) for rid in shard_ids(tmp_path, i)] == [rid for rid, _ in records]
     # the count the workflow planned wins (a file that grew since): the records past it go to the last
     assert plan_shards(fasta, tmp_path / "planned", 1060, n=4) == 4
     prepare_shard(tmp_path / "planned", 4, 300, *(tmp_path / f"planned.{name}" for name in NAMES))
-    assert len((tmp_path / "planned.ids").read_text().splitlines()) == 70
+    assert len((tmp_path / "planned.ids").read_text().splitlines()) == 95
 
 
 @pytest.mark.unit
@@ -142,14 +147,14 @@ def test_byte_ranges_hold_the_records_of_the_sharding_rule(tmp_path, newline):
     assert len(starts) == len(whole)
     size = len(text)
     for shard_bytes in (7, 97, 500, 1021, size // 3, size - 1, size, 10 * size):
-        n = shard_count(size, shard_bytes)
+        n, bounds = shard_count(size, shard_bytes), shard_starts(size, shard_bytes)
         expected = [[] for _ in range(n)]
         for record, start in zip(whole, starts):
-            expected[min(n, 1 + start // shard_bytes) - 1].append(record)
+            expected[bisect.bisect_right(bounds, start) - 1].append(record)
         tally = {}
         got, lines = [], 0
         for i in range(1, n + 1):
-            byte_range = ((i - 1) * shard_bytes, i * shard_bytes if i < n else None)
+            byte_range = (bounds[i - 1], bounds[i] if i < n else None)
             got.append(list(read_fasta(fasta, unique=False, byte_range=byte_range, tally=tally)))
             lines += tally["lines"]
         assert got == expected, shard_bytes
@@ -186,9 +191,9 @@ def test_a_bad_record_fails_its_shard_with_the_one_piece_error_and_leaves_nothin
     with pytest.raises(InputError) as caught:
         counts = prepare_shards(fasta, tmp_path / "out", 500)
     assert str(caught.value) == expected and "\n" not in expected and counts is None
-    shard = 1 + fasta.read_text().index(">broken") // 500
+    shard = bisect.bisect_right(shard_starts(fasta.stat().st_size, 500), fasta.read_text().index(">broken"))
     written = {p.name for p in (tmp_path / "out").iterdir()}
-    assert shard == 4 and written == {"shards", *(f"shard_{i}.{name}" for i in (1, 2, 3) for name in NAMES)}
+    assert shard == 7 and written == {"shards", *(f"shard_{i}.{name}" for i in range(1, 7) for name in NAMES)}
     nameless = tmp_path / "nameless.fa"
     nameless.write_text(">ok\n" + "ACGT\n" * 300 + ">\nACGT\n")
     with pytest.raises(InputError) as caught:
@@ -294,13 +299,17 @@ def test_preparing_a_large_sample_takes_bounded_memory(tmp_path):
 
 @pytest.mark.workflow
 def test_a_rerun_after_a_stop_mid_preparation_redoes_only_the_unfinished_shards(tmp_path):
-    """The state a run killed mid-preparation leaves (the shards cut, two of four prepared; a killed job's
+    """The state a run killed mid-preparation leaves (the shards cut, two of them prepared; a killed job's
     own outputs are atomic, so absent) is made by a run of those two jobs; the rerun plans only the rest."""
+    import yaml
+
     from workflow_runs import DEMO_DATA, job_counts, snakemake, write_config
 
-    write_config(tmp_path)
-    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\nphage_mix\t{DEMO_DATA / 'phage_mix.fa'}\n")
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    fasta = DEMO_DATA / "phage_mix.fa"
+    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\nphage_mix\t{fasta}\n")
+    n = shard_count(fasta.stat().st_size, round(config["shard_mb"] * 1e6))
     done = [f"results/phage_mix/prepared/shard_{i}.protein.faa" for i in (1, 3)]
     snakemake(tmp_path, "--cores", "2", "--notemp", *done)  # --notemp: the shards stay, as in a killed run
     plan = job_counts(snakemake(tmp_path, "--cores", "2", "-n", "results/phage_mix/chunked.fa").stdout)
-    assert plan == {"prepare_shard": 2, "concatenate_shards": 1}, plan
+    assert n >= 4 and plan == {"prepare_shard": n - 2, "concatenate_shards": 1}, plan

@@ -1,14 +1,18 @@
 """Preparation in shards: a sample cut by records, each shard chunked and translated in a job of its own.
 
-The rule: a sample whose file as stored (plain or gzipped) has S bytes makes
-n = max(1, ceil(S / shard_bytes)) shards (shard_bytes = the config's shard_mb × 10^6); n depends only
-on the file's size, so the workflow knows the shards before it runs. Record r goes to shard
-min(n, 1 + floor(p_r / B)), p_r being the byte where its header line starts in the text that is read:
-- a plain file is read where it lies, B = shard_bytes: each `prepare_shard` job seeks to its own byte
-  range [(i-1)B, iB) (the last one open-ended) and reads the records whose header starts in it, each to
-  its end. No step reads the whole file before the shards start.
+The rule: with B = shard_bytes (the config's shard_mb × 10^6), shards start at the bytes
+0, B/8, B/4, B/2, B, 2B, 3B, ... of the file as stored (plain or gzipped), as many as start before its end
+(`shard_starts`); so the count n depends only on the file's size, and the workflow knows the shards
+before it runs. The first four shards are small (B/8, B/8, B/4, B/2) and together as large as one of the
+others: the first part's frames are prepared within a fraction of a shard's time, so that it reaches the
+GPU soon whatever the sample's size, while the rest of the sample is cut in shards of B. Record r goes
+to the shard whose range holds p_r, the byte where its header line starts in the text that is read (the
+last range is open-ended):
+- a plain file is read where it lies: each `prepare_shard` job seeks to its own byte range and reads the
+  records whose header starts in it, each to its end. No step reads the whole file before the shards
+  start.
 - a gzipped file cannot be entered mid-stream: `plan_shards` first decompresses it beside the plan
-  (a block copy, no parsing), and B = ceil(its text's size / n), so that the n shards are even.
+  (a block copy, no parsing), and the starts are scaled by the text's size over the stored size.
 Records are never cut, so each is chunked exactly as in one piece; shards hold consecutive records in
 input order, and one may be empty (a record longer than a shard). Concatenating the shards' outputs in
 shard order gives, byte for byte, what `chunk` and `translate` write for the whole sample.
@@ -45,9 +49,20 @@ def shard_bytes(shard_mb):
     return max(1, round(shard_mb * MB))
 
 
+def shard_starts(size_bytes, shard_bytes):
+    """The byte where each shard of a file of `size_bytes` starts: 0, B/8, B/4, B/2, then every B, as many as
+    start before the end; at least one."""
+    size, b = int(size_bytes), int(shard_bytes)
+    starts = [0]
+    for start in [b // 8, b // 4, b // 2] + list(range(b, size, b)):
+        if starts[-1] < start < size:
+            starts.append(start)
+    return starts
+
+
 def shard_count(size_bytes, shard_bytes):
     """How many shards a file of `size_bytes` (as stored) makes; at least one."""
-    return max(1, -(-int(size_bytes) // int(shard_bytes)))
+    return len(shard_starts(size_bytes, shard_bytes))
 
 
 @contextlib.contextmanager
@@ -74,14 +89,18 @@ def plan_shards(fasta, out_dir, shard_bytes, n=None):
     signature of the file to read, so that a shard job that finds another file there fails instead of
     mixing two inputs. On any error nothing is left in out_dir's place.
     """
-    n = n or shard_count(Path(fasta).stat().st_size, shard_bytes)
+    stored = Path(fasta).stat().st_size
+    n = n or shard_count(stored, shard_bytes)
+    starts = shard_starts(stored, shard_bytes)[:n]
+    starts += [stored] * (n - len(starts))  # a file that shrank since it was planned: empty last shards
     with _atomic_dir(out_dir) as tmp:
         source, read = fasta, fasta
         if gzipped(fasta):
             source, read = Path(out_dir) / TEXT, tmp / TEXT
             _decompress(fasta, read)
-            shard_bytes = max(1, -(-read.stat().st_size // n))
-        plan = {"fasta": str(fasta), "source": str(source), "shards": n, "shard_bytes": shard_bytes,
+            text = read.stat().st_size
+            starts = [start * text // max(stored, 1) for start in starts]
+        plan = {"fasta": str(fasta), "source": str(source), "shards": n, "starts": starts,
                 "signature": signature(read)}
         (tmp / PLAN).write_text(json.dumps(plan) + "\n")
     return n
@@ -102,11 +121,11 @@ def prepare_shard(plan_dir, shard, chunk_size, chunked, nucleotide, protein, ids
     the shard, a tab, its id) and `counts` (JSON), which `check_records` reads. Returns the counts.
     """
     plan = json.loads((Path(plan_dir) / PLAN).read_text())
-    source, label, n, size = plan["source"], plan["fasta"], plan["shards"], plan["shard_bytes"]
+    source, label, n, starts = plan["source"], plan["fasta"], plan["shards"], plan["starts"]
     if not 1 <= shard <= n:
         raise InputError(f"{plan_dir}: there is no shard {shard}; the plan has shards 1 to {n}")
     check_unchanged_since(source, plan["signature"])
-    byte_range = ((shard - 1) * size, shard * size if shard < n else None)
+    byte_range = (starts[shard - 1], starts[shard] if shard < n else None)
     tally = {"fasta": label, "records": 0, "non_empty": 0, "chunks": 0, "kept_frames": 0}
     with contextlib.ExitStack() as stack:
         tmp = [stack.enter_context(atomic_path(p)) for p in (chunked, nucleotide, protein, ids, counts)]
