@@ -121,7 +121,9 @@ def prepare_shard(plan_dir, shard, chunk_size, chunked, nucleotide, protein, ids
     the shard, a tab, its id) and `counts` (JSON), which `check_records` reads. Returns the counts.
     """
     plan = json.loads((Path(plan_dir) / PLAN).read_text())
-    source, label, n, starts = plan["source"], plan["fasta"], plan["shards"], plan["starts"]
+    source, label, n = plan["source"], plan["fasta"], plan["shards"]
+    # a plan written before the first shards were small (a run stopped mid-preparation): shards of one size
+    starts = plan.get("starts") or [i * plan["shard_bytes"] for i in range(n)]
     if not 1 <= shard <= n:
         raise InputError(f"{plan_dir}: there is no shard {shard}; the plan has shards 1 to {n}")
     check_unchanged_since(source, plan["signature"])
