@@ -114,10 +114,11 @@ def test_the_statistics_hold_every_rule_that_ran(run, report):
     [run_log] = [p for p in (run / ".snakemake/log").glob("*.snakemake.log") if "Finished jobid" in p.read_text()]
     ran = set(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", run_log.read_text())) - {"all"}  # all: no output
     timed = set(re.findall(r'\{"rule": "(\w+)", "runtime": [-0-9.e]+\}', report))
-    # (the `sidecar` job runs only if the preparation has not counted the parts before it starts: the
-    # demo's is quicker than the models the demo makes, and then the first embed job starts the sidecar)
     assert {"embed", "merge", "count_parts", "split_part"} <= ran
-    assert timed == ran
+    # the `sidecar` job runs when the models are made before the sample's parts are counted (else the first
+    # embed job starts the sidecar); its output is a temp() flag that only a run still to embed asks for,
+    # so it is in no finished run's DAG, and the report has no time for it
+    assert timed == ran - {"sidecar"}
     runtimes = {rule: float(t) for rule, t in re.findall(r'\{"rule": "(\w+)", "runtime": ([-0-9.e]+)\}', report)}
     assert all(t > 0 for t in runtimes.values()), runtimes  # a log-scale plot cannot draw 0 or less
 
