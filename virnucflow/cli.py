@@ -93,24 +93,19 @@ def cmd_shard_frames(args):
     import json
     from pathlib import Path
 
-    from virnucflow.atomic import atomic_path
+    from virnucflow.provenance import write_json
 
     frames = json.loads(Path(args.counts).read_text())["kept_frames"]
-    with atomic_path(args.output) as tmp:
-        Path(tmp).write_text(json.dumps({"kept_frames": frames}) + "\n")
+    write_json(args.output, {"kept_frames": frames})
     logging.info("%s: %d kept frame(s)", args.counts, frames)
 
 
 def cmd_count_parts(args):
-    import json
-    from pathlib import Path
-
-    from virnucflow.atomic import atomic_path
+    from virnucflow.provenance import write_json
     from virnucflow.split import count_parts
 
     n = count_parts(args.protein, args.records_per_file)
-    with atomic_path(args.output) as tmp:
-        Path(tmp).write_text(json.dumps({"parts": n, "records_per_file": args.records_per_file}) + "\n")
+    write_json(args.output, {"parts": n, "records_per_file": args.records_per_file})
     logging.info("%s makes %d part(s)", args.protein, n)
 
 

@@ -51,9 +51,14 @@ def split_parts(nucleotide_fa, protein_faa, out_dir, records_per_file=10_000):
                 return n_parts
             _check_pairs(nucleotide_fa, protein_faa, *batch)
             n_parts += 1
-            for lines, suffix in zip(batch, (".fa", ".faa")):
-                with atomic_path(out_dir / f"output_{n_parts}{suffix}") as tmp, open(tmp, "wb") as fh:
-                    fh.writelines(lines)
+            _write_part(batch, (out_dir / f"output_{n_parts}.fa", out_dir / f"output_{n_parts}.faa"))
+
+
+def _write_part(batch, targets):
+    """A part's nucleotide and protein lines, each to its file, atomically."""
+    for lines, target in zip(batch, targets, strict=True):
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            fh.writelines(lines)
 
 
 def _check_pairs(nucleotide_fa, protein_faa, nucleotide, protein):
@@ -113,7 +118,5 @@ def split_part(nucleotide_shards, protein_shards, skip, out_nucleotide, out_prot
             pass
         batch.append(list(islice(stream, 2 * records_per_file)))
     _check_pairs(nucleotide_shards[0], protein_shards[0], *batch)
-    for lines_, target in zip(batch, (out_nucleotide, out_protein)):
-        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-            fh.writelines(lines_)
+    _write_part(batch, (out_nucleotide, out_protein))
     return len(batch[0]) // 2
