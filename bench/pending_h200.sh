@@ -9,6 +9,8 @@
 #   ready      seconds to READY, twice, without and with embedding.compile_cache_dir (issue 12 point 5)
 #   e2e        the workflow on 50,000 frames of 500 bp, fast mode, 16 cores: timeline and wall/compute (issue 13)
 #   prepare    preparation of 1,000,000 records on 1 and 16 cores (issue 13: >= 0.7 x cores)
+#   steps      each step of a fast sidecar's model load, timed, in two processes one after the other (issue 12
+#              point 5: which part of the start to cut)
 #   first      seconds to the first part at a sidecar, 3,000,000 records, 16 cores, against the code in
 #              .benchdata/old (a `git archive` of an earlier commit; issue 13: within 15 s)
 export PYTHONUNBUFFERED=1
@@ -32,6 +34,8 @@ for stage in "$@"; do
          cat /tmp/virnucflow_e2e/run/logs/sidecar/*.server.log > "$OUT/e2e_server.log" ;;
     prepare) timeout 300 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 --shard-mb 5 \
                > "$OUT/prepare.log" 2>&1 ;;
+    steps) for i in 1 2; do timeout 120 python3 bench/load_steps.py --models-dir /tmp/m --size real --device cuda:0 \
+             --out "$OUT/load_steps_$i.json"; done > "$OUT/load_steps.log" 2>&1 ;;
     first) timeout 400 python3 bench/first_part.py --records 3000000 --models-dir /tmp/m --size real --device cuda \
              --cores 16 --against .benchdata/old --timeout 180 --out "$OUT/first_part.json" > "$OUT/first_part.log" 2>&1 ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
