@@ -88,6 +88,8 @@ class Compute:
         self.fingerprints = model_fingerprints(esm2 and esm2[0], dnabert and dnabert[0], dnabert and dnabert[1])
         if self.cfg.compile_cache_dir and self.cfg.mode == "fast":  # only fast mode compiles
             log.info("compile cache: %s", backends.use_compile_cache(self.cfg.compile_cache_dir, self.fingerprints))
+        if self.cfg.mode == "fast" and self.device.startswith("cuda"):  # the fast models compile on CUDA only
+            backends.start_compile_warm_up(self.device)
         for name, (source, revision) in self.cfg.models.items():
             backend = backends.make_backend(
                 name, source, device=self.device, revision=revision, mode=self.cfg.mode,

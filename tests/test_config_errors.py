@@ -167,6 +167,65 @@ def test_gpu_problems_from_what_torch_reports():
     assert "torch sees no GPU" in none
 
 
+def _fake_machine(tmp_path, monkeypatch, cuda, gpus):
+    """A torch package whose version.py says `cuda` (its __init__ fails if imported) and an nvidia-smi that lists
+    `gpus` GPUs, first on the paths."""
+    package = tmp_path / "site" / "torch"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('the preflight imported torch')\n")
+    (package / "version.py").write_text(
+        "from typing import Optional\n__all__ = ['__version__', 'cuda']\n__version__ = '2.9.0+test'\n"
+        f"debug = False\ncuda: Optional[str] = {cuda!r}\nhip: Optional[str] = None\n")
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: NVIDIA H200 (UUID: GPU-{i})'\n" for i in range(gpus)))
+    smi.chmod(0o755)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(preflight, "probe_torch", _never)
+
+
+@pytest.mark.unit
+def test_the_gpu_check_reads_torch_and_nvidia_smi_without_importing_torch(tmp_path, monkeypatch):
+    _fake_machine(tmp_path, monkeypatch, "12.8", 2)
+    assert preflight.probe_gpus() == {"torch": "2.9.0+test", "cuda": "12.8", "gpus": 2}
+    assert preflight.gpu_problems("cuda", [0, 1], 2) == []
+    (missing,) = preflight.gpu_problems("cuda:2", None, 2)
+    assert missing.startswith("embedding.device asks for GPU 2, but torch sees only GPUs 0-1")
+    # torch counts CUDA_VISIBLE_DEVICES' ordinals up to the first that does not exist
+    for cvd, count in (("1", 1), ("0,5,1", 1), ("3", 0), ("-1", 0), ("1,0", 2)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cvd)
+        assert preflight.probe_gpus()["gpus"] == count, cvd
+
+
+@pytest.mark.unit
+def test_a_cpu_torch_is_named_without_importing_it(tmp_path, monkeypatch):
+    _fake_machine(tmp_path, monkeypatch, None, 1)
+    (cpu_torch,) = preflight.gpu_problems("cuda", None, 1)
+    assert "torch 2.9.0+test has no CUDA (no GPU use): install a CUDA build of torch" in cpu_torch
+
+
+@pytest.mark.unit
+def test_without_nvidia_smi_torch_itself_is_asked(tmp_path, monkeypatch):
+    _fake_machine(tmp_path, monkeypatch, "12.8", 1)
+    (tmp_path / "bin" / "nvidia-smi").unlink()
+    monkeypatch.setattr(preflight, "probe_torch", lambda: {"torch": "2.9.0+test", "cuda": "12.8", "gpus": 3})
+    assert preflight.probe_gpus()["gpus"] == 3
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # GPUs named by UUID: torch too
+    (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: x'\n")
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-0f3a")
+    assert preflight.probe_gpus()["gpus"] == 3
+
+
+@pytest.mark.unit
+def test_the_installed_torch_read_without_import_is_what_importing_it_says():
+    build = preflight.torch_build()
+    child = preflight.probe_torch()
+    assert build == {"torch": child["torch"], "cuda": child["cuda"]}
+
+
 @pytest.mark.unit
 def test_disk_rule_and_a_full_disk(tmp_path):
     plain, gz = tmp_path / "a.fa", tmp_path / "b.fa.gz"

@@ -231,3 +231,24 @@ def test_fast_esm2_read_in_fp16_is_the_same_as_converted_from_fp32(setup):
     for key, value in via32.model.state_dict().items():
         assert torch.equal(direct.model.state_dict()[key], value), key
     assert np.array_equal(direct.embed(setup["proteins"][:20]), via32.embed(setup["proteins"][:20]))
+
+
+@pytest.mark.process
+def test_each_fused_step_is_compiled_once_and_never_again_while_embedding(setup):
+    """The fast models' torch.compile steps (compiled on CUDA; here on the CPU's compiler): one graph per step,
+    which serves every token count, and embedding parts of other sizes compiles nothing more. A recompile in the
+    first request (its grad mode differed from the check's) or per new size would cost seconds of GPU time."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    esm = FastEsm2(load_esm2(str(setup["esm"])), dtype=torch.float32, compile=True)
+    dna = FastDnabertS(load_dnabert_s(str(setup["dna"])), dtype=torch.float32, compile=True)
+    assert esm.compiled and dna.compiled
+    assert counters["stats"]["unique_graphs"] == 3  # the rotary step, add + LayerNorm, GELU x gate
+    for size in (3, 17, 40):
+        esm.embed(setup["proteins"][:size])
+        dna.embed(setup["dna_seqs"][:size])
+    assert counters["stats"]["unique_graphs"] == 3
+    eager = FastEsm2(load_esm2(str(setup["esm"])), dtype=torch.float32, compile=False)
+    assert np.allclose(esm.embed(setup["proteins"]), eager.embed(setup["proteins"]), atol=1e-5)

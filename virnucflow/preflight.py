@@ -4,7 +4,10 @@
 the rest (`run_problems`) before its first job. Checked: the config and the sample sheet
 (virnucflow.config_check, virnucflow.sample_sheet); the model files (virnucflow.model_check, and the
 fetch manifest's sha256 and size through virnucflow.fingerprint); the GPUs asked for exist and the installed
-torch can use them (asked in a child process, so that the caller never imports torch); free disk space.
+torch can use them; free disk space. Nothing here imports torch: which torch is installed and whether it was
+built with CUDA is read from its `version.py`, and the GPUs are counted by nvidia-smi as torch would number them
+(CUDA_VISIBLE_DEVICES applied). Only where that is not enough (no nvidia-smi, GPUs named by UUID) a child process
+imports torch and asks it, which costs 2-4 s of every run's start on a GPU machine.
 
 The disk rule: the merged features of a sample's parts stay on disk until it is classified, so the working
 directory needs at least 1 GiB plus, per input base, 4 bytes x 3328 features (the real models' 768 + 2560)
@@ -59,16 +62,21 @@ def model_problems(settings, classifier: str, chunk_size) -> list[str]:
 
 # --- GPUs -----------------------------------------------------------------------------------------------
 
+def _nvidia_smi_count() -> int | None:
+    """GPUs that nvidia-smi lists, or None when it cannot be run."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
 def visible_gpu_count() -> int:
     """GPUs this process may use, without torch: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
         return len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    return _nvidia_smi_count() or 0
 
 
 _PROBE = ("import json, torch\n"
@@ -88,6 +96,53 @@ def probe_torch(python: str = sys.executable, timeout: float = 300) -> dict:
         return {"error": (proc.stderr.strip().splitlines() or ["no answer"])[-1]}
 
 
+def torch_build() -> dict | None:
+    """{'torch': version, 'cuda': CUDA version or None} of the installed torch, read from its version.py
+    without importing it; None where that file is missing or unusual."""
+    import ast
+    import importlib.machinery
+
+    try:
+        spec = importlib.machinery.PathFinder.find_spec("torch")  # on sys.path, whether imported or not
+        tree = ast.parse(Path(spec.origin).with_name("version.py").read_text())
+    except (AttributeError, TypeError, ValueError, OSError, SyntaxError):  # not installed, or not as usual
+        return None
+    values = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
+        if isinstance(target, ast.Name):
+            try:
+                values[target.id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    if not isinstance(values.get("__version__"), str) or "cuda" not in values:
+        return None
+    return {"torch": values["__version__"], "cuda": values["cuda"]}
+
+
+def probe_gpus() -> dict:
+    """What `probe_torch` answers, without importing torch where nvidia-smi and torch's version.py tell it:
+    torch numbers the GPUs of CUDA_VISIBLE_DEVICES' ordinals up to the first that does not exist."""
+    build = torch_build()
+    if build is None:
+        return probe_torch()
+    if not build["cuda"]:
+        return {**build, "gpus": 0}
+    present = _nvidia_smi_count()
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if present is None or (cvd is not None and not all(d.strip().lstrip("-").isdigit() for d in cvd.split(",") if d.strip())):
+        return probe_torch()
+    if cvd is None:
+        return {**build, "gpus": present}
+    gpus = 0
+    for entry in (d.strip() for d in cvd.split(",")):
+        if not entry or int(entry) < 0 or int(entry) >= present:
+            break
+        gpus += 1
+    return {**build, "gpus": gpus}
+
+
 def asked_gpus(device: str, gpus, visible: int) -> tuple[list[tuple[str, int]], bool]:
     """([(config key, GPU ordinal)] that must exist, whether a GPU is needed at all)."""
     if device == "cpu":
@@ -98,7 +153,7 @@ def asked_gpus(device: str, gpus, visible: int) -> tuple[list[tuple[str, int]], 
     return ids, bool(ids) or device == "cuda" or visible > 0
 
 
-def gpu_problems(device: str, gpus, visible: int, probe=probe_torch) -> list[str]:
+def gpu_problems(device: str, gpus, visible: int, probe=probe_gpus) -> list[str]:
     """The GPUs that the config asks for exist, and the installed torch can use them."""
     ids, needed = asked_gpus(device, gpus, visible)
     if not needed:

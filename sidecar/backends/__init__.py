@@ -73,6 +73,18 @@ def use_compile_cache(directory, fingerprints):
     return path
 
 
+def start_compile_warm_up(device):
+    """torch.compile's first use paid in a background thread while the weights load (virnucflow.models.compiler).
+    The modules that loading imports are imported here first, so that the two threads never import at once a
+    module that the other one needs."""
+    import esm  # noqa: F401
+    import safetensors.torch  # noqa: F401
+
+    from virnucflow.models import compiler, dnabert_s, esm2_fast, mosaicbert_fast  # noqa: F401
+
+    compiler.start(device)
+
+
 def configure_device(device, memory_fraction=None, threads=None):
     """Validate the device string and apply the memory fraction (CUDA) or thread count (CPU); returns the
     canonical device name."""

@@ -25,9 +25,9 @@ a full unpickle, which fair-esm always did, would run code from the file. Only a
 sha256 the user pinned (`--unsafe-trust-pickle`, config `models.unsafe_trust_pickle_sha256`) is
 unpickled in full, after its hash matched. The model is then built like fair-esm's
 `_load_model_and_alphabet_core_v2` (the ESM2 class, ESM-1b alphabet, 'encoder.sentence_encoder.' /
-'encoder.' prefixes removed, the same key check) but on the meta device, and the weights are
-assigned after an exact upcast to fp32 (what fair-esm's `load_state_dict` copy does to the fp16
-file), which skips ~22 s of random init for the 3B model. The contact head (absent without the
+'encoder.' prefixes removed, the same key check) but with its weights on the meta device and no random
+init (virnucflow.models.empty_init), and the weights are assigned after an exact upcast to fp32 (what
+fair-esm's `load_state_dict` copy does to the fp16 file), which skips ~22 s of random init for the 3B model. The contact head (absent without the
 regression file, unused here) is zero-filled.
 """
 
@@ -45,6 +45,7 @@ from virnucflow import safe_load
 from sidecar.exact_batches import EXTRA_TOKS_PER_SEQ, TOKS_PER_BATCH
 from virnucflow.errors import InputError
 from virnucflow.model_sources import esm2_checkpoint
+from virnucflow.models.empty_init import empty_weights
 from virnucflow.models.numerics import exact_numerics
 
 TRUNCATION_SEQ_LENGTH = 1024
@@ -121,7 +122,7 @@ def build_model(data: dict, where: str, dtype=torch.float32):
         for key, value in raw_state.items()
     }
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    with torch.device("meta"):
+    with empty_weights():
         model = ESM2(*shape, alphabet=alphabet, token_dropout=token_dropout)
     expected = set(model.state_dict())
     missing = expected - _CONTACT_KEYS - state.keys()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from virnucflow.models import compiler
 from virnucflow.models.esm2 import TRUNCATION_SEQ_LENGTH
 from virnucflow.models.packed import (Packing, Pending, bucket_attention, launch_in_budgets, pinned,
                                       varlen_attention_fn)
@@ -77,6 +78,7 @@ class FastEsm2:
                 proj.bias = torch.nn.Parameter(layer.qkv_bias[rows], requires_grad=False)
         self.model = model
         self.scaling = model.layers[0].self_attn.scaling
+        compiler.wait()  # torch.nn.attention.varlen imports torch._dynamo, which the warm-up may be importing
         varlen = varlen_attention_fn()
         if attention == "auto":
             attention = "varlen" if (varlen and self.device.type == "cuda" and dtype != torch.float32) else "buckets"
@@ -123,24 +125,26 @@ class FastEsm2:
 
     def _setup_rotary(self, compile_):
         """torch.compile fuses the rotary step (fp16 in, fp32 math, fp16 out) into one kernel: eagerly it
-        is ~8 passes over q and k, a third of the GPU time. Used only if it compiles and matches eager.
-        `dynamic=None`: the first token count is compiled static, the next recompiles with only the token
-        dimension symbolic. `dynamic=True` made heads and head width symbolic too, and its kernel's index
-        arithmetic took 65-120 ms per 64k-token batch on an H200 instead of 15 ms (issue 12)."""
+        is ~8 passes over q and k, a third of the GPU time. Used only if it compiles and matches eager,
+        at two token counts (one compile: virnucflow.models.compiler)."""
         self._rotary = _rotary_qk
         self.compiled = False
         if not compile_:
             return
+        compiler.wait()
         try:
-            compiled = torch.compile(_rotary_qk, dynamic=None)
+            compiled = compiler.compile_for_tokens(_rotary_qk)
             g = torch.Generator(device=self.device).manual_seed(0)
-            for tokens in (37, 41):  # the second size makes the token dimension symbolic
-                qkv = torch.randn(tokens, 3, self.heads, self.head_dim, generator=g, device=self.device)
-                qkv = qkv.to(self.dtype)
-                cos, sin = _tables(torch.arange(tokens, device=self.device).float(), self.inv_freq[0])
-                for a, b in zip(compiled(qkv, cos, sin, self.scaling), _rotary_qk(qkv, cos, sin, self.scaling)):
-                    if not torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2):
-                        return
+            with torch.inference_mode():  # as the forward runs: a graph of another grad mode would recompile
+                for tokens in (37, 41):
+                    qkv = torch.randn(tokens, 3, self.heads, self.head_dim, generator=g, device=self.device)
+                    qkv = qkv.to(self.dtype)
+                    cos, sin = _tables(torch.arange(tokens, device=self.device).float(), self.inv_freq[0])
+                    if tokens == 37:
+                        compiler.mark_tokens(qkv, cos, sin)
+                    for a, b in zip(compiled(qkv, cos, sin, self.scaling), _rotary_qk(qkv, cos, sin, self.scaling)):
+                        if not torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2):
+                            return
             self._rotary, self.compiled = compiled, True
         except Exception:  # noqa: BLE001 - no compiler here: stay eager
             return

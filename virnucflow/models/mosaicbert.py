@@ -26,6 +26,7 @@ from torch import nn
 
 from virnucflow import safe_load
 from virnucflow.errors import InputError
+from virnucflow.models.empty_init import empty_weights
 
 _IGNORED_PREFIXES = ("pooler.", "cls.")
 
@@ -220,7 +221,7 @@ def load_mosaicbert(directory: str | Path, device: str | torch.device = "cpu", t
     directory = Path(directory)
     config = MosaicBertConfig.from_dict(json.loads((directory / "config.json").read_text()))
     state = {k: v.to(torch.float32) for k, v in read_state_dict(directory, trusted).items()}
-    with torch.device("meta"):
+    with empty_weights():
         model = MosaicBert(config)
     expected = set(model.state_dict())
     missing, unexpected = expected - state.keys(), state.keys() - expected

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from virnucflow.models import compiler
 from virnucflow.models.mosaicbert import alibi_bias
 from virnucflow.models.numerics import exact_numerics
 from virnucflow.models.packed import Packing, Pending, bucket_attention, launch_in_budgets, pinned
@@ -92,6 +93,7 @@ class FastDnabertS:
             norm.weight = torch.nn.Parameter(weight.to(self.device), requires_grad=False)
             norm.bias = torch.nn.Parameter(bias.to(self.device), requires_grad=False)
         self._bias = {}
+        compiler.wait()  # the checks below import what the warm-up may be importing
         self._setup_products()
         self._setup_fusion(self.device.type == "cuda" if compile is None else compile)
         self._setup_attention(attention)
@@ -202,23 +204,24 @@ class FastDnabertS:
         if not compile_ or any(n.eps != norms[0].eps for n in norms):
             return
         try:
-            # dynamic=None: only the token dimension becomes symbolic (after the second size below); with
-            # dynamic=True the hidden widths were symbolic too, which slows the kernels' index arithmetic
-            add_norm = torch.compile(_add_norm_with(norms[0].eps), dynamic=None)
-            gated_gelu = torch.compile(_gated_gelu, dynamic=None)
+            add_norm = compiler.compile_for_tokens(_add_norm_with(norms[0].eps))
+            gated_gelu = compiler.compile_for_tokens(_gated_gelu)
             g = torch.Generator(device=self.device).manual_seed(0)
             ln = self.model.encoder.layer[0].mlp.layernorm
             products = torch.float32 if self.split else self.dtype  # the dtypes that the forward passes
-            for rows in (37, 1000):  # two sizes, so that the dynamic-shape kernel is what gets checked
-                y, x = (torch.randn(rows, ln.normalized_shape[0], generator=g, device=self.device).to(dtype)
-                        for dtype in (products, self.residual_dtype))
-                a, b = (torch.randn(rows, self.intermediate, generator=g, device=self.device).to(products)
-                        for _ in range(2))
-                norm = (ln.weight, ln.bias)
-                if not (torch.allclose(add_norm(y, x, *norm).float(), eager_add_norm(y, x, *norm).float(),
-                                       atol=1e-2, rtol=1e-2)
-                        and torch.allclose(gated_gelu(a, b).float(), _gated_gelu(a, b).float(), atol=1e-2, rtol=1e-2)):
-                    return
+            with torch.inference_mode():  # as the forward runs: a graph of another grad mode would recompile
+                for rows in (37, 1000):  # two sizes: the one compile serves every token count
+                    y, x = (torch.randn(rows, ln.normalized_shape[0], generator=g, device=self.device).to(dtype)
+                            for dtype in (products, self.residual_dtype))
+                    a, b = (torch.randn(rows, self.intermediate, generator=g, device=self.device).to(products)
+                            for _ in range(2))
+                    if rows == 37:
+                        compiler.mark_tokens(y, x, a, b)
+                    norm = (ln.weight, ln.bias)
+                    if not (torch.allclose(add_norm(y, x, *norm).float(), eager_add_norm(y, x, *norm).float(),
+                                           atol=1e-2, rtol=1e-2)
+                            and torch.allclose(gated_gelu(a, b).float(), _gated_gelu(a, b).float(), atol=1e-2, rtol=1e-2)):
+                        return
             self._add_norm, self._gated_gelu, self.compiled = add_norm, gated_gelu, True
         except Exception:  # noqa: BLE001 - no compiler here: stay eager
             return
