@@ -133,10 +133,10 @@ def build_model(data: dict, where: str, dtype=torch.float32):
             f"unexpected {sorted(unexpected)[:5]}"
         )
     model.load_state_dict(state, strict=False, assign=True)
-    if model.contact_head.regression.weight.is_meta:
-        model.contact_head.to_empty(device="cpu")
-        torch.nn.init.zeros_(model.contact_head.regression.weight)
-        torch.nn.init.zeros_(model.contact_head.regression.bias)
+    head = model.contact_head.regression
+    if head.weight.is_meta:  # new zero tensors: an op on the meta ones (to_empty) would import sympy, seconds
+        head.weight = torch.nn.Parameter(torch.zeros(head.weight.shape), requires_grad=False)
+        head.bias = torch.nn.Parameter(torch.zeros(head.bias.shape), requires_grad=False)
     return model, alphabet
 
 
