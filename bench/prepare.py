@@ -56,10 +56,12 @@ def split_commands(out, n, records_per_file):
     counts = [json.loads((out / f"{i}.frames").read_text())["kept_frames"] for i in range(1, n + 1)]
     commands = []
     for k in range(1, part_count(sum(counts), records_per_file) + 1):
-        first, last, skip = part_span(counts, k, records_per_file)
+        first, last, _ = part_span(counts, k, records_per_file)
         shards = range(first, last + 1)
-        commands.append(["split-part", "--nucleotide-shards", *(str(out / f"{i}.nucleotide") for i in shards),
-                         "--protein-shards", *(str(out / f"{i}.protein") for i in shards), "--skip", str(skip),
+        commands.append(["split-part", "--part", str(k), "--nucleotide-shards",
+                         *(str(out / f"{i}.nucleotide") for i in shards),
+                         "--protein-shards", *(str(out / f"{i}.protein") for i in shards),
+                         "--frames-before", *(str(out / f"{i}.frames") for i in range(1, first)),
                          "--records-per-file", str(records_per_file), "--nucleotide",
                          str(out / f"parts/output_{k}.fa"), "--protein", str(out / f"parts/output_{k}.faa")])
     return commands

@@ -69,3 +69,16 @@ def test_part_order_benchmark_at_ci_size(tmp_path):
     arrival, oldest = result["orders"]["arrival"], result["orders"]["oldest-part"]
     assert max(arrival["finish_s"]) - min(arrival["finish_s"]) < max(oldest["finish_s"]) - min(oldest["finish_s"])
     assert result["mean_finish_ratio"] < 0.9, result
+
+
+def test_preparation_benchmark_at_ci_size(tmp_path):
+    """bench/prepare.py drives the workflow's preparation commands as the jobs do (their options change with
+    the rules: this keeps the script in step)."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/prepare.py"), "--records", "20000", "--workdir", str(tmp_path / "p"),
+         "--cores", "2", "--shard-mb", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shards"] > 4 and result["parts"] == -(-result["kept_frames"] // 10_000)
+    assert set(result["steps"]) == {"shard", "prepare-shard", "shard-frames", "split-part", "concatenate-shards",
+                                    "count-parts"}
