@@ -14,6 +14,11 @@
 #   first      seconds to the first part at a sidecar, 3,000,000 records, 16 cores, against the code in
 #              .benchdata/old (a `git archive` of an earlier commit; issue 13: within 15 s)
 export PYTHONUNBUFFERED=1
+# The device image sets PYTHONDONTWRITEBYTECODE=1 and its site-packages hold no __pycache__, so every process
+# there compiles torch's Python source again on import (import torch 3-4.7 s; run 9 in docs/benchmarks.md).
+# A user's install keeps the bytecode; so do these runs, under /tmp/pyc.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pyc}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
