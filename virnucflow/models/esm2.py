@@ -27,8 +27,8 @@ unpickled in full, after its hash matched. The model is then built like fair-esm
 `_load_model_and_alphabet_core_v2` (the ESM2 class, ESM-1b alphabet, 'encoder.sentence_encoder.' /
 'encoder.' prefixes removed, the same key check) but with its weights on the meta device and no random
 init (virnucflow.models.empty_init), and the weights are assigned after an exact upcast to fp32 (what
-fair-esm's `load_state_dict` copy does to the fp16 file), which skips ~22 s of random init for the 3B model. The contact head (absent without the
-regression file, unused here) is zero-filled.
+fair-esm's `load_state_dict` copy does to the fp16 file), which skips ~22 s of random init for the 3B
+model. The contact head (absent without the regression file, unused here) is zero-filled.
 """
 
 from __future__ import annotations
