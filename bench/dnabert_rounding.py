@@ -15,6 +15,9 @@ Variants (ROUNDING): which points are rounded to fp16.
   split           weights as two fp16 halves (hi + lo: 22 bits), GEMM outputs fp32, residual fp32, embeddings fp32:
                   the precision fp16-split where cuBLAS returns fp32 products
   split-fp16-out  the same with GEMM outputs rounded to fp16 (fp16-split where it cannot)
+  split-mlp, split-attention, split-gated, split-wo, split-first-half, split-second-half
+                  `split` for those products only (PARTIAL), fp16 weights and outputs for the others: where the
+                  difference comes from, and what splitting part of the GEMM work would buy
 
   fp16-offset     fp16, minus the mean difference (fp16 - fp32) of the same model on a calibration set drawn at
                   load time (uniform random DNA of 300 and 500 bp, fixed seed, --calibration frames): a
@@ -63,6 +66,14 @@ ROUNDING = {  # point -> rounded to fp16?  (weights: "fp16", "split" (hi + lo) o
     "split-fp16-out": dict(weights="split", gemm_in=True, gemm_out=True, residual=False, attention=True,
                            embeddings=False),
 }
+# split for some products only (fp32 out for those, fp16 for the others; residual and embeddings fp32 as in
+# `split`): which products carry the difference, and what a split of part of the GEMM work would buy
+PARTIAL = {"split-mlp": ("mlp.",), "split-attention": ("attention.",), "split-gated": ("mlp.gated_layers",),
+           "split-wo": ("mlp.wo",), "split-first-half": tuple(f"layer.{i}." for i in range(6)),
+           "split-second-half": tuple(f"layer.{i}." for i in range(6, 12))}
+for _name, _parts in PARTIAL.items():
+    ROUNDING[_name] = dict(weights="split", gemm_in=True, gemm_out=True, residual=False, attention=True,
+                           embeddings=False, split_only=_parts)
 
 
 def fp16(x):
@@ -81,17 +92,28 @@ class Emulated:
     def __init__(self, model, rounding):
         self.model, self.r = model, rounding
         weights = {"fp16": fp16, "split": split, "fp32": lambda w: w}[rounding["weights"]]
-        self.w = {name: weights(p.detach()) for name, p in model.named_parameters()
-                  if p.ndim == 2 and "embeddings" not in name}
+        only = rounding.get("split_only")
+        self.split_names = set()  # products of split weights, whose outputs stay fp32 in a partial split
+        self.w = {}
+        for name, p in model.named_parameters():
+            if p.ndim != 2 or "embeddings" in name:
+                continue
+            if only is not None and not any(part in name for part in only):
+                self.w[name] = fp16(p.detach())
+            else:
+                self.w[name] = weights(p.detach())
+                if only is not None:
+                    self.split_names.add(name)
         self.heads = model.config.num_attention_heads
 
     def _round(self, point, x):
-        return fp16(x) if self.r[point] else x
+        return fp16(x) if self.r.get(point, False) else x
 
     def _linear(self, x, name, bias=None):
         y = F.linear(self._round("gemm_in", x), self.w[name])
-        y = self._round("gemm_out", y)
-        return y if bias is None else self._round("gemm_out", y + bias.detach())
+        out = "gemm_out" if name not in self.split_names else "never"
+        y = self._round(out, y)
+        return y if bias is None else self._round(out, y + bias.detach())
 
     def _alibi(self, length):
         return self._round("attention", alibi_bias(self.heads, length))
