@@ -107,13 +107,14 @@ class Emulated:
         self.heads = model.config.num_attention_heads
 
     def _round(self, point, x):
-        return fp16(x) if self.r.get(point, False) else x
+        return fp16(x) if self.r[point] else x
 
     def _linear(self, x, name, bias=None):
         y = F.linear(self._round("gemm_in", x), self.w[name])
-        out = "gemm_out" if name not in self.split_names else "never"
-        y = self._round(out, y)
-        return y if bias is None else self._round(out, y + bias.detach())
+        if name in self.split_names:  # a partial split's products of split weights stay fp32
+            return y if bias is None else y + bias.detach()
+        y = self._round("gemm_out", y)
+        return y if bias is None else self._round("gemm_out", y + bias.detach())
 
     def _alibi(self, length):
         return self._round("attention", alibi_bias(self.heads, length))

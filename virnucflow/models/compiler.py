@@ -51,7 +51,6 @@ def mark_tokens(*tensors):
 
     for tensor in tensors:
         torch._dynamo.mark_dynamic(tensor, 0)
-    return tensors
 
 
 def _warm_up(device):
