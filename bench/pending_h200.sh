@@ -15,7 +15,7 @@
 #              .benchdata/old (a `git archive` of an earlier commit; issue 13: within 15 s)
 export PYTHONUNBUFFERED=1
 # The device image sets PYTHONDONTWRITEBYTECODE=1 and its site-packages hold no __pycache__, so every process
-# there compiles torch's Python source again on import (import torch 3-4.7 s; run 9 in docs/benchmarks.md).
+# there compiles torch's Python source again on import (import torch 2.8-4.7 s in runs 7-9 of docs/benchmarks.md).
 # A user's install keeps the bytecode; so do these runs, under /tmp/pyc.
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pyc}
