@@ -135,3 +135,16 @@ def test_the_first_shards_parts_are_embedded_while_later_shards_are_prepared(tmp
     assert first_embed < max(end for _, end in shards.values()), times
     assert first_embed < min(start for start, _ in times["count_parts"].values()), times
     assert (tmp_path / "results/orfs/prediction_results.txt").is_file()
+
+
+def test_the_sidecar_job_waits_for_no_job_but_the_models(tmp_path):
+    """Its settings travel as options, so a fresh run starts it in the first round of jobs, beside the first
+    shard: only the demo's models (made by the workflow) come before it, not the settings file's job."""
+    write_demo_run_config(tmp_path)
+    dot = snakemake(tmp_path, "--dag").stdout
+    rules = {node: label.split("\\n")[0] for node, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dot, re.M)}
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)
+    sidecars = {node for node, rule in rules.items() if rule == "sidecar"}
+    before = {rules[a] for a, b in edges if b in sidecars}
+    assert sidecars and before == {"make_demo_models"}, before
+    assert any(rules[b] == "sidecar" for a, b in edges if rules[a] == "make_demo_models")

@@ -10,7 +10,7 @@ import shlex
 
 from virnucflow import preflight
 from virnucflow.config_check import config_problems, fill_defaults, load_schema
-from virnucflow.embedding_settings import EmbeddingSettings
+from virnucflow.embedding_settings import SERVE, EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
 from virnucflow.predictions import batch_window, score_jobs
 from virnucflow.sample_sheet import read_sample_sheet
@@ -402,7 +402,7 @@ def endpoint_file(slot):
 
 
 def slot_options(slot):
-    """What differs between the sidecars of one run: the device (the rest is in SETTINGS_FILE)."""
+    """What differs between the sidecars of one run: the device (the rest is serve_settings())."""
     # under SLURM the sidecar job's script picks the device: its one GPU (cuda:0), else the CPU
     if on_slurm():
         return ["--drain-timeout 10"]
@@ -419,9 +419,17 @@ def started_sidecar_options(slot):
     )
 
 
+def serve_settings():
+    """The run's settings as `sidecar serve` options (EmbeddingSettings.to_args), for the `sidecar` job.
+    Options, not SETTINGS_FILE: a job that waits for the file's job started late (on the H200 machine up
+    to 1.5 s after the file was written, when the first shard ended), and its models load on the
+    critical path of the run's start."""
+    return shlex.join(SETTINGS.to_args(SERVE))
+
+
 def serve_args(slot):
-    """`sidecar serve` options of a sidecar that this run starts: the settings file and the slot's device."""
-    return f"--settings-file {SETTINGS_FILE} {started_sidecar_options(slot)}"
+    """`sidecar serve` options of a sidecar that this run starts: the settings and the slot's device."""
+    return f"{serve_settings()} {started_sidecar_options(slot)}"
 
 
 def embedding_identity():
@@ -518,8 +526,9 @@ def embed_args(wildcards):
 
 
 def sidecar_rule_inputs(wildcards):
-    """Only what a sidecar loads: it starts with the run (sidecar_early_inputs), locally and under SLURM."""
-    return dict(model_files(), settings=ancient(SETTINGS_FILE))
+    """Only what a sidecar loads: it starts with the run (sidecar_early_inputs), locally and under SLURM.
+    Its settings are options (serve_settings), so no other job comes before it but the demo's models."""
+    return model_files()
 
 
 def sbatch_args(resources, threads):
@@ -553,6 +562,6 @@ def sidecar_start_command(wildcards, output, resources, threads):
         f"--endpoint-file {endpoint_file(slot)} --lease {output} --job-name virnucflow-sidecar-{slot} "
         f"--output logs/sidecar/{slot}.slurm.log --device {sidecar_device(slot) if slot.startswith('cpu') else 'auto'} "
         f"--sbatch-args {shlex.quote(sbatch_args(resources, threads))} -- "
-        + " ".join([f"--settings-file {SETTINGS_FILE}"] + slot_options(slot))
+        + " ".join([serve_settings()] + slot_options(slot))
         + f" --log logs/sidecar/{slot}.server.log"
     )
