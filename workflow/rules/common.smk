@@ -527,7 +527,8 @@ def embed_args(wildcards):
 
 def sidecar_rule_inputs(wildcards):
     """Only what a sidecar loads: it starts with the run (sidecar_early_inputs), locally and under SLURM.
-    Its settings are options (serve_settings), so no other job comes before it but the demo's models."""
+    Its settings are options (serve_settings), so no other job comes before it but the demo's models.
+    """
     return model_files()
 
 
