@@ -115,3 +115,15 @@ def test_mismatched_inputs_are_one_line_errors_and_leave_nothing(sample, case):
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert not (out / "new").exists() or list((out / "new").iterdir()) == []
+
+
+@pytest.mark.unit
+def test_the_mean_score_is_numpys_to_the_last_bit():
+    """The table's mean comes from sum() for short lists (numpy adds fewer than 8 values one by one too)."""
+    from virnucflow.contigs import _mean
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 20):
+        for _ in range(2000):
+            values = [float(np.float32(x)) for x in rng.random(n) * 10.0 ** rng.integers(-40, 1, n)]
+            assert _mean(values) == float(np.mean(values)), values

@@ -77,29 +77,31 @@ def _score_text(value):
     return "NA" if value is None else str(np.float32(value))
 
 
+def _mean(values):
+    """numpy's mean of a list of floats, bit for bit: under 8 values numpy adds them one by one as sum()
+    does; from 8 on its pairwise sum may differ in the last bit, so numpy sums those."""
+    return sum(values) / len(values) if len(values) < 8 else float(np.mean(values))
+
+
 def contig_row(record_id, length, chunk_size, scores, calls, min_viral_fraction):
-    """The table row of one record; the chunks it owns are removed from `scores` and `calls`."""
+    """The table row of one record, in CONTIG_COLUMNS order; the chunks it owns are removed from `scores`
+    and `calls`."""
     ids = chunk_ids(record_id, length, chunk_size)
     chunk_scores, viral = [], 0
     for chunk in ids:
         if calls.pop(chunk, False):
             viral += 1
         score = scores.pop(chunk, None)
-        if score is not None and not math.isnan(score):
+        if score is not None and score == score:  # NaN is no score
             chunk_scores.append(score)
     fraction = viral / len(ids) if ids else 0.0
     is_virus = viral > 0 and viral >= min_viral_fraction * len(ids)
-    return {
-        "sequence_id": record_id,
-        "length": length,
-        "chunks": len(ids),
-        "chunks_scored": len(chunk_scores),
-        "chunks_viral": viral,
-        "viral_fraction": f"{fraction:.4f}",
-        "max_virus_score": _score_text(max(chunk_scores) if chunk_scores else None),
-        "mean_virus_score": _score_text(float(np.mean(chunk_scores)) if chunk_scores else None),
-        "call": "virus" if is_virus else "others",
-    }
+    return (
+        record_id, length, len(ids), len(chunk_scores), viral, f"{fraction:.4f}",
+        _score_text(max(chunk_scores) if chunk_scores else None),
+        _score_text(_mean(chunk_scores) if chunk_scores else None),
+        "virus" if is_virus else "others",
+    )
 
 
 def call_contigs(fasta, predictions_txt, highest_csv, chunk_size, tsv_out, fasta_out,
@@ -116,13 +118,15 @@ def call_contigs(fasta, predictions_txt, highest_csv, chunk_size, tsv_out, fasta
     records = viral = 0
     with atomic_path(tsv_out) as tsv_tmp, atomic_path(fasta_out) as fa_tmp:
         with open(tsv_tmp, "w", newline="") as tsv, open(fa_tmp, "w") as fa:
-            writer = csv.DictWriter(tsv, CONTIG_COLUMNS, delimiter="\t", lineterminator="\n")
-            writer.writeheader()
-            for record_id, seq in read_fasta(fasta, nucleotide=True):
+            writer = csv.writer(tsv, delimiter="\t", lineterminator="\n")
+            writer.writerow(CONTIG_COLUMNS)
+            # the input as the workflow read it (its letters were judged then); a FASTA that is not the one
+            # the predictions were made from fails below, on the chunks that no record owns
+            for record_id, seq in read_fasta(fasta):
                 row = contig_row(record_id, len(seq), chunk_size, scores, calls, min_viral_fraction)
                 writer.writerow(row)
                 records += 1
-                if row["call"] == "virus":
+                if row[-1] == "virus":
                     write_fasta(fa, [(record_id, seq)], width=60)
                     viral += 1
                 progress.tick()
