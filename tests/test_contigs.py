@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from virnucflow.classifier import write_predictions
-from virnucflow.contigs import CONTIG_COLUMNS, call_contigs, chunk_ids
+from virnucflow.contigs import CONTIG_COLUMNS, call_contigs, called_records, chunk_ids, read_contig_table
 from virnucflow.fasta import read_fasta
 
 SEQ = {
@@ -70,6 +70,17 @@ def test_the_call_rule_and_every_column(sample):
     assert (empty["length"], empty["chunks"], empty["max_virus_score"], empty["call"]) == ("0", "0", "NA", "others")
     assert (d["chunks"], d["chunks_scored"], d["mean_virus_score"], d["call"]) == ("1", "0", "NA", "others")
     assert list(read_fasta(out / "virus_contigs.fa")) == [("a", SEQ["a"]), ("c", SEQ["c"])]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_the_score_tracks_call_the_records_as_the_table_does(sample, fraction):
+    """The report's score tracks call the records themselves (so they need not wait for the table): the same
+    rows, typed as the table is read back."""
+    out, fasta = sample
+    tables = (out / "prediction_results.txt", out / "prediction_results_highestscore.csv")
+    call_contigs(fasta, *tables, 300, out / "t.tsv", out / "v.fa", min_viral_fraction=fraction)
+    assert called_records(fasta, *tables, 300, fraction) == read_contig_table(out / "t.tsv")
 
 
 @pytest.mark.process

@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from virnucflow import __version__
 from virnucflow.errors import InputError
@@ -78,7 +79,6 @@ def cmd_split(args):
 
 def cmd_split_part(args):
     import json
-    from pathlib import Path
 
     from virnucflow.split import split_part
 
@@ -91,7 +91,6 @@ def cmd_split_part(args):
 
 def cmd_shard_frames(args):
     import json
-    from pathlib import Path
 
     from virnucflow.provenance import write_json
 
@@ -178,6 +177,11 @@ def cmd_contigs(args):
         min_viral_fraction=args.min_viral_fraction,
     )
     logging.info("%d records, %d called virus (viral chunks >= %g of all chunks)", records, viral, args.min_viral_fraction)
+    if args.table_page:
+        from virnucflow.report_tables import write_contig_page
+
+        shown = write_contig_page(args.sample or Path(args.fasta).name, args.tsv, args.table_page, args.table_rows)
+        logging.info("page of the per-record calls (%d rows shown) written to %s", shown, args.table_page)
 
 
 def cmd_report_plots(args):
@@ -201,15 +205,16 @@ def cmd_report_plots(args):
 def cmd_score_tracks(args):
     from virnucflow import report_data, report_plots
 
-    sample = report_data.load_sample(args.sample, args.results_dir)
+    records = None
+    if args.fasta:
+        from virnucflow.contigs import called_records
+
+        results = Path(args.results_dir)
+        records = called_records(args.fasta, results / report_data.RESULTS_NAME, results / report_data.HIGHEST_NAME,
+                                 args.chunk_size, args.min_viral_fraction)
+    sample = report_data.load_sample(args.sample, args.results_dir, contigs=records)
     report_plots.plot_score_tracks(sample, args.chunk_size, args.top, args.output)
     logging.info("score tracks of %s written to %s", args.sample, args.output)
-    if args.table_page:
-        from virnucflow.report_tables import write_contig_page
-
-        tsv = f"{args.results_dir}/{report_data.CONTIGS_NAME}"
-        shown = write_contig_page(args.sample, tsv, args.table_page, args.table_rows)
-        logging.info("page of the per-record calls (%d rows shown) written to %s", shown, args.table_page)
 
 
 def cmd_fetch_models(args):
@@ -225,7 +230,6 @@ def cmd_fetch_models(args):
 
 def cmd_status(args):
     import json
-    from pathlib import Path
 
     from virnucflow.status import collect, render
 
@@ -281,16 +285,27 @@ def _fraction(text):
     return value
 
 
+def _add_call_options(p):
+    """How records are called from their chunks (`contigs`, and `score-tracks` where it calls them itself)."""
+    p.add_argument("--chunk-size", type=int, choices=(300, 500), required=True)
+    p.add_argument("--min-viral-fraction", type=_fraction, default=0.5,
+                   help="a record is viral when at least this fraction of its chunks is (default 0.5)")
+
+
 def _add_report_commands(sub):
     p = sub.add_parser("contigs", help="per-record calls from the chunk tables: a TSV and a FASTA of the viral records")
     p.add_argument("--fasta", required=True, help="the sample's input FASTA (plain or gzipped)")
     p.add_argument("--predictions", required=True, help="prediction_results.txt")
     p.add_argument("--highest", required=True, help="prediction_results_highestscore.csv")
-    p.add_argument("--chunk-size", type=int, choices=(300, 500), required=True)
-    p.add_argument("--min-viral-fraction", type=_fraction, default=0.5,
-                   help="a record is viral when at least this fraction of its chunks is (default 0.5)")
+    _add_call_options(p)
     p.add_argument("--tsv", required=True, help="output table (virus_contigs.tsv)")
     p.add_argument("--fasta-out", required=True, help="output FASTA of the records called virus")
+    p.add_argument("--table-page", default=None,
+                   help="also the table as an HTML page (viral records first), for the report")
+    p.add_argument("--sample", default=None, help="the sample's name on that page (default: the FASTA's file name)")
+    from virnucflow.report_tables import MAX_ROWS
+
+    p.add_argument("--table-rows", type=int, default=MAX_ROWS, help=f"records on that page (default {MAX_ROWS})")
     p.set_defaults(func=cmd_contigs)
 
     p = sub.add_parser("report-plots", help="the report's summary figures and run statistics over samples")
@@ -306,14 +321,12 @@ def _add_report_commands(sub):
     p = sub.add_parser("score-tracks", help="virus score along the top records of one sample (PNG)")
     p.add_argument("--sample", required=True, help="sample name")
     p.add_argument("--results-dir", required=True, help="results/<sample>")
-    p.add_argument("--chunk-size", type=int, choices=(300, 500), required=True)
+    p.add_argument("--fasta", default=None,
+                   help="the sample's input FASTA: the records are called from it and the chunk tables, as `contigs` "
+                        "calls them, so the figure need not wait for virus_contigs.tsv (default: read that table)")
+    _add_call_options(p)
     p.add_argument("--top", type=int, default=10, help="records to draw (default 10)")
     p.add_argument("--output", required=True)
-    p.add_argument("--table-page", default=None,
-                   help="also the sample's virus_contigs.tsv as an HTML page (viral records first), for the report")
-    from virnucflow.report_tables import MAX_ROWS
-
-    p.add_argument("--table-rows", type=int, default=MAX_ROWS, help=f"records on that page (default {MAX_ROWS})")
     p.set_defaults(func=cmd_score_tracks)
 
     from virnucflow import fetch

@@ -104,9 +104,9 @@ def contig_row(record_id, length, chunk_size, scores, calls, min_viral_fraction)
     )
 
 
-def call_contigs(fasta, predictions_txt, highest_csv, chunk_size, tsv_out, fasta_out,
-                 min_viral_fraction=DEFAULT_MIN_VIRAL_FRACTION):
-    """Write the per-record table and the FASTA of records called `virus`; returns (records, viral)."""
+def record_rows(fasta, predictions_txt, highest_csv, chunk_size, min_viral_fraction=DEFAULT_MIN_VIRAL_FRACTION):
+    """Yield (row, sequence) for each record of `fasta`, in input order (rows as `contig_row` makes them);
+    InputError at the end when a chunk of the tables belongs to no record."""
     if not 0.0 <= min_viral_fraction <= 1.0:
         raise InputError(f"min_viral_fraction {min_viral_fraction} is not between 0 and 1")
     scores = read_chunk_scores(predictions_txt)
@@ -114,44 +114,59 @@ def call_contigs(fasta, predictions_txt, highest_csv, chunk_size, tsv_out, fasta
     unknown = sorted(set(calls) - set(scores))
     if unknown:
         raise InputError(f"{highest_csv}: chunk '{unknown[0]}' has no row in {predictions_txt}; the two tables are from different runs")
+    # the input as the workflow read it (its letters were judged then); a FASTA that is not the one the
+    # predictions were made from fails below, on the chunks that no record owns
+    for record_id, seq in read_fasta(fasta):
+        yield contig_row(record_id, len(seq), chunk_size, scores, calls, min_viral_fraction), seq
+    leftover = sorted(scores) or sorted(calls)
+    if leftover:
+        raise InputError(
+            f"{predictions_txt}: chunk '{leftover[0]}' is not a {chunk_size} bp chunk of any record in {fasta}; "
+            "give the FASTA and chunk size that the predictions were made from"
+        )
+
+
+def call_contigs(fasta, predictions_txt, highest_csv, chunk_size, tsv_out, fasta_out,
+                 min_viral_fraction=DEFAULT_MIN_VIRAL_FRACTION):
+    """Write the per-record table and the FASTA of records called `virus`; returns (records, viral)."""
     progress = Progress("contigs", "records")
     records = viral = 0
     with atomic_path(tsv_out) as tsv_tmp, atomic_path(fasta_out) as fa_tmp:
         with open(tsv_tmp, "w", newline="") as tsv, open(fa_tmp, "w") as fa:
             writer = csv.writer(tsv, delimiter="\t", lineterminator="\n")
             writer.writerow(CONTIG_COLUMNS)
-            # the input as the workflow read it (its letters were judged then); a FASTA that is not the one
-            # the predictions were made from fails below, on the chunks that no record owns
-            for record_id, seq in read_fasta(fasta):
-                row = contig_row(record_id, len(seq), chunk_size, scores, calls, min_viral_fraction)
+            for row, seq in record_rows(fasta, predictions_txt, highest_csv, chunk_size, min_viral_fraction):
                 writer.writerow(row)
                 records += 1
                 if row[-1] == "virus":
-                    write_fasta(fa, [(record_id, seq)], width=60)
+                    write_fasta(fa, [(row[0], seq)], width=60)
                     viral += 1
                 progress.tick()
-        leftover = sorted(scores) or sorted(calls)
-        if leftover:
-            raise InputError(
-                f"{predictions_txt}: chunk '{leftover[0]}' is not a {chunk_size} bp chunk of any record in {fasta}; "
-                "give the FASTA and chunk size that the predictions were made from"
-            )
     progress.done()
     return records, viral
 
 
+def called_records(fasta, predictions_txt, highest_csv, chunk_size, min_viral_fraction=DEFAULT_MIN_VIRAL_FRACTION):
+    """The rows of the per-record table as `read_contig_table` reads them back, computed from the input and the
+    chunk tables (for the report's score tracks, which need not wait for the table to be written)."""
+    return [_typed(dict(zip(CONTIG_COLUMNS, map(str, row))))
+            for row, _ in record_rows(fasta, predictions_txt, highest_csv, chunk_size, min_viral_fraction)]
+
+
+def _typed(row):
+    """A row of text values with its numbers typed (scores None for NA)."""
+    for key in ("length", "chunks", "chunks_scored", "chunks_viral"):
+        row[key] = int(row[key])
+    row["viral_fraction"] = float(row["viral_fraction"])
+    for key in ("max_virus_score", "mean_virus_score"):
+        row[key] = None if row[key] == "NA" else float(row[key])
+    return row
+
+
 def read_contig_table(path):
     """The rows of a virus_contigs.tsv as dicts with typed values (scores None for NA)."""
-    rows = []
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
         if tuple(reader.fieldnames or ()) != CONTIG_COLUMNS:
             raise InputError(f"{path}: not a virus_contigs.tsv (columns {', '.join(CONTIG_COLUMNS)})")
-        for row in reader:
-            for key in ("length", "chunks", "chunks_scored", "chunks_viral"):
-                row[key] = int(row[key])
-            row["viral_fraction"] = float(row["viral_fraction"])
-            for key in ("max_virus_score", "mean_virus_score"):
-                row[key] = None if row[key] == "NA" else float(row[key])
-            rows.append(row)
-    return rows
+        return [_typed(row) for row in reader]

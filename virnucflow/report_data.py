@@ -70,10 +70,12 @@ def count_parts(results_dir):
         return len(list((Path(results_dir) / "merged").glob("output_*_merged.pt")))
 
 
-def load_sample(name, results_dir, benchmarks_dir=None):
-    """Read one finished sample; a missing file is a one-line InputError."""
+def load_sample(name, results_dir, benchmarks_dir=None, contigs=None):
+    """Read one finished sample; a missing file is a one-line InputError. `contigs`: its per-record rows
+    where the caller has them (contigs.called_records), instead of reading virus_contigs.tsv."""
     results_dir = Path(results_dir)
-    paths = {n: results_dir / n for n in (RESULTS_NAME, HIGHEST_NAME, CONTIGS_NAME)}
+    names = (RESULTS_NAME, HIGHEST_NAME) + (() if contigs is not None else (CONTIGS_NAME,))
+    paths = {n: results_dir / n for n in names}
     for path in paths.values():
         if not path.is_file():
             raise InputError(f"{path}: missing; sample '{name}' has not finished (run the workflow first)")
@@ -82,7 +84,7 @@ def load_sample(name, results_dir, benchmarks_dir=None):
         name=name,
         chunk_scores=read_chunk_scores(paths[RESULTS_NAME]),
         chunk_calls=read_chunk_calls(paths[HIGHEST_NAME]),
-        contigs=read_contig_table(paths[CONTIGS_NAME]),
+        contigs=read_contig_table(paths[CONTIGS_NAME]) if contigs is None else contigs,
         kept_frames=_count_rows(paths[RESULTS_NAME]),
         parts=count_parts(results_dir),
         embed_seconds=seconds,

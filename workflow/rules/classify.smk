@@ -88,7 +88,8 @@ rule run_info:
 
 
 rule contig_calls:
-    # One row per input record from the chunk tables (left unchanged), and the records called viral.
+    # One row per input record from the chunk tables (left unchanged), and the records called viral; the
+    # table also as a page that the report shows (it offers a TSV only as a download), for people.
     input:
         fasta=lambda wc: SAMPLES[wc.sample],
         results="results/{sample}/prediction_results.txt",
@@ -101,6 +102,12 @@ rule contig_calls:
             labels={"sample": "{sample}", "table": "virus_contigs.tsv"},
         ),
         fasta="results/{sample}/virus_contigs.fa",
+        table=report(
+            "results/{sample}/virus_contigs.html",
+            caption="../report/virus_contigs.rst",
+            category="Per-record calls",
+            labels={"sample": "{sample}", "table": "virus_contigs, readable"},
+        ),
     log:
         "logs/{sample}/contigs.log",
     conda:
@@ -112,4 +119,5 @@ rule contig_calls:
         "virnucflow contigs --fasta {input.fasta} --predictions {input.results} "
         "--highest {input.highest} --chunk-size {params.size} "
         "--min-viral-fraction {params.fraction} --tsv {output.tsv} "
-        "--fasta-out {output.fasta} > {log} 2>&1"
+        "--fasta-out {output.fasta} --sample {wildcards.sample} "
+        "--table-page {output.table} > {log} 2>&1"

@@ -3,37 +3,32 @@
 
 
 rule score_tracks:
-    # The sample's items of the report: its score tracks, and its per-record calls as a page that the
-    # report shows (it offers a TSV only as a download); the TSV stays as it is, for machines.
+    # The sample's score tracks. It calls the records from the input and the chunk tables itself, as
+    # contig_calls does, so that it runs beside contig_calls instead of after it (the run's last steps).
     input:
+        fasta=lambda wc: SAMPLES[wc.sample],
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",
-        contigs="results/{sample}/virus_contigs.tsv",
     output:
-        tracks=report(
+        report(
             "results/{sample}/score_tracks.png",
             caption="../report/score_tracks.rst",
             category="Score tracks",
             labels={"sample": "{sample}", "figure": "score tracks"},
-        ),
-        table=report(
-            "results/{sample}/virus_contigs.html",
-            caption="../report/virus_contigs.rst",
-            category="Per-record calls",
-            labels={"sample": "{sample}", "table": "virus_contigs, readable"},
         ),
     log:
         "logs/{sample}/score_tracks.log",
     conda:
         "../envs/virnucflow.yaml"
     params:
-        results_dir=subpath(input.contigs, parent=True),
+        results_dir=subpath(input.results, parent=True),
         size=CHUNK_SIZE,
+        fraction=CONTIGS["min_viral_fraction"],
         top=REPORT["top_contigs"],
     shell:
         "virnucflow score-tracks --sample {wildcards.sample} --results-dir {params.results_dir} "
-        "--chunk-size {params.size} --top {params.top} --output {output.tracks} "
-        "--table-page {output.table} > {log} 2>&1"
+        "--fasta {input.fasta} --chunk-size {params.size} --min-viral-fraction {params.fraction} "
+        "--top {params.top} --output {output} > {log} 2>&1"
 
 
 rule report_plots:
