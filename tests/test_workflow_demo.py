@@ -11,7 +11,7 @@ from virnucflow import cli
 from virnucflow.classifier import classify_files
 from virnucflow.embedding_files import load_embeddings
 from virnucflow.predictions import score_jobs
-from workflow_runs import DEMO_DATA, DEMO_RUN_SAMPLES, pid_alive, snakemake, wait_for
+from workflow_runs import DEMO_DATA, DEMO_RUN_SAMPLES, pid_alive, snakemake, wait_for, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -99,3 +99,17 @@ def test_shards_and_per_part_scores_give_the_one_piece_files(demo_run, tmp_path)
         classify_files(demo_run / "resources/demo_models/500_model.pth", merged, whole)
         for name in RESULT_FILES:
             assert (out / name).read_bytes() == (whole / name).read_bytes(), (sample, name)
+
+
+def test_a_sample_whose_ids_repeat_gets_no_tables(tmp_path):
+    """Its parts are cut and embedded from the shards before the whole sample's id check ends (so that the late
+    parts need not wait for the sample's files); the check still stops its tables."""
+    fasta = tmp_path / "dup.fa"
+    seq = "".join((DEMO_DATA / "phage_mix.fa").read_text().split(">")[1].splitlines()[1:])
+    fasta.write_text(f">r1\n{seq}\n>r2\n{seq}\n>r1\n{seq}\n")
+    config = write_config(tmp_path, embedding={"sidecar": True, "device": "cpu"})
+    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\ndup\t{fasta}\n")
+    run = snakemake(tmp_path, "--cores", "2", "--keep-going", config=config, check=False)
+    assert run.returncode != 0
+    assert "record id 'r1' (line 5) appears twice" in (tmp_path / "logs/dup/concatenate_shards.log").read_text()
+    assert not list((tmp_path / "results" / "dup").glob("prediction_results*"))

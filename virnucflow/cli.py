@@ -103,9 +103,17 @@ def cmd_count_parts(args):
     from virnucflow.provenance import write_json
     from virnucflow.split import count_parts
 
-    n = count_parts(args.protein, args.records_per_file)
+    if args.frames:
+        import json
+
+        from virnucflow.split import part_count
+
+        n = part_count(sum(json.loads(Path(p).read_text())["kept_frames"] for p in args.frames), args.records_per_file)
+        source = f"{len(args.frames)} shard(s)"
+    else:
+        n, source = count_parts(args.protein, args.records_per_file), args.protein
     write_json(args.output, {"parts": n, "records_per_file": args.records_per_file})
-    logging.info("%s makes %d part(s)", args.protein, n)
+    logging.info("%s make(s) %d part(s)", source, n)
 
 
 def cmd_run_info(args):
@@ -423,7 +431,9 @@ def build_parser(command=None):
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("count-parts", help="how many parts the kept frames make (JSON), before splitting them")
-    p.add_argument("--protein", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--protein", help="the kept frames' proteins (identified_protein.faa)")
+    source.add_argument("--frames", nargs="+", help="the shards' kept-frame counts (shard-frames' JSON files)")
     p.add_argument("--records-per-file", type=int, default=10_000)
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_count_parts)

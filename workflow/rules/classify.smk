@@ -47,6 +47,9 @@ rule classify:
         # the demo's models, made by the workflow, are planned from the start (as before the per-part split)
         unpack(lambda wc: model_files()),
         scores=part_scores,
+        # the sample's files, put together once its ids were found unique: no tables for a sample whose
+        # ids repeat (its parts are cut and embedded from the shards before that check ends)
+        checked="results/{sample}/identified_protein.faa",
     output:
         results="results/{sample}/prediction_results.txt",
         highest="results/{sample}/prediction_results_highestscore.csv",

@@ -87,11 +87,10 @@ checkpoint shard_frames:
 
 checkpoint count_parts:
     # How many parts a sample makes: a small file that stays after the run, so that Snakemake can
-    # look past it at the per-part rules (and their params) even when the temp() parts are gone.
+    # look past it at the per-part rules (and their params) even when the temp() parts are gone. It
+    # adds up the shards' counts, so the late parts are cut while the sample's files are put together
+    # (its ids checked there: classify waits for that check).
     input:
-        # the sample's checked kept frames (parts are counted only for a sample whose ids are unique)
-        protein="results/{sample}/identified_protein.faa",
-        # every shard's count, so that the parts' jobs find them all once the parts are known
         frames=shard_frame_files,
     output:
         "results/{sample}/parts.json",
@@ -102,7 +101,7 @@ checkpoint count_parts:
     params:
         n=config["records_per_file"],
     shell:
-        "virnucflow count-parts --protein {input.protein} --records-per-file {params.n} "
+        "virnucflow count-parts --frames {input.frames} --records-per-file {params.n} "
         "--output {output} > {log} 2>&1"
 
 
