@@ -3,13 +3,18 @@ peak resident memory of each command (docs/benchmarks.md, "Issue 13: preparation
 
     python bench/prepare.py --records 1000000 --workdir /tmp/prep --cores 1 2
 
-Runs `virnucflow shard` (the plan; for a plain sample it reads nothing), then `prepare-shard` on every
-shard (`--cores` at a time, as Snakemake would), `shard-frames` on every shard and `split-part` on every
-part (each part cut from the shards that hold it), `concatenate-shards` (the whole-sample id check and the
-concatenation) and `count-parts`, each a process; prints one JSON object per core count: the seconds and
-peak memory of each step, the serial share (`shard`, `concatenate-shards` and `count-parts`, the steps
-that run once per sample), and the speed-up over the first core count. The sample is coding-like (stop-free codons), so most chunks keep a frame and
-the split has real work.
+The commands of the workflow's preparation jobs, each a process, `--cores` at a time, in the order that
+Snakemake's scheduler gives them: `virnucflow shard` (the plan; for a plain sample it reads nothing), then
+`prepare-shard` on every shard in input order; `shard-frames` on each shard as soon as that shard is
+prepared; `concatenate-shards` (the whole-sample id check and the concatenation) once every shard is;
+`count-parts` once every shard's frames are counted; then `split-part` on every part (each cut from the
+shards that hold it). Among the jobs that may run, those of the rules with priority 1 in the workflow
+(shard-frames, split-part) go first, then concatenate-shards and count-parts, then the shards in input
+order. (The workflow cuts the parts of its first shards earlier still, for the GPU; here every part waits
+for count-parts.) Prints one JSON object per core count: each step's span (its first start to its last end;
+the steps overlap) and peak memory, the wall time, the share of the cores' time that jobs used, and the
+speed-up over the first core count. The sample is coding-like (stop-free codons), so most chunks keep a
+frame and the split has real work.
 """
 
 import argparse
@@ -31,22 +36,33 @@ def write_sample(path, records, codons, seed=1):
             out.write(f">read{i}\n{''.join(rng.choices(SENSE, k=codons))}\n")
 
 
-def run_all(commands, cores):
-    """Run the commands, `cores` at a time; return the largest ru_maxrss (MB) among them."""
-    pending, running, peak = list(commands), {}, 0
+def run_dag(jobs, cores, on_done=None):
+    """Run the jobs, `cores` at a time: each job is {"step", "argv", "after" (job names), "priority"}, started
+    once the jobs it comes after have ended, the highest priority first, then the order given; `on_done(name)`
+    may return more jobs. Returns {step: (first start, last end, peak ru_maxrss in MB)} and the summed seconds
+    of all jobs."""
+    pending, running, done, steps, busy = dict(jobs), {}, set(), {}, 0.0
     while pending or running:
-        while pending and len(running) < cores:
-            proc = subprocess.Popen([sys.executable, "-m", "virnucflow", *pending.pop(0)],
+        ready = sorted((name for name, job in pending.items() if set(job["after"]) <= done),
+                       key=lambda name: -pending[name]["priority"])
+        for name in ready[:cores - len(running)]:
+            job = pending.pop(name)
+            proc = subprocess.Popen([sys.executable, "-m", "virnucflow", *job["argv"]],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            running[proc.pid] = proc
+            running[proc.pid] = (name, job, proc, time.monotonic())
         pid, status, usage = os.wait4(-1, 0)
-        proc = running.pop(pid, None)
-        if proc is None:
+        if pid not in running:
             continue
+        name, job, proc, start = running.pop(pid)
+        end = time.monotonic()
         if status != 0:
-            raise SystemExit(f"{proc.args[3:]} failed: {proc.stderr.read().decode()[-2000:]}")
-        peak = max(peak, usage.ru_maxrss / 1024)
-    return peak
+            raise SystemExit(f"{job['argv']} failed: {proc.stderr.read().decode()[-2000:]}")
+        first, last, peak = steps.get(job["step"], (start, end, 0.0))
+        steps[job["step"]] = (min(first, start), max(last, end), max(peak, usage.ru_maxrss / 1024))
+        busy += end - start
+        done.add(name)
+        pending.update((on_done and on_done(name)) or {})
+    return steps, busy
 
 
 def split_commands(out, n, records_per_file):
@@ -72,33 +88,44 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
 
     out.mkdir(parents=True)
     n = shard_count(fasta.stat().st_size, shard_bytes(shard_mb))
-    steps = {"shard": [["shard", "--shard-mb", str(shard_mb), str(fasta), str(out / "shards")]]}
+    shards = range(1, n + 1)
     names = ("chunked", "nucleotide", "protein", "ids", "counts")
-    steps["prepare-shard"] = [
-        ["prepare-shard", "--size", str(chunk_size), "--shard", str(i), str(out / "shards"),
-         *(arg for name in names for arg in (f"--{name}", str(out / f"{i}.{name}")))]
-        for i in range(1, n + 1)
-    ]
     targets = {"chunked": "chunked.fa", "nucleotide": "identified_nucleotide.fa", "protein": "identified_protein.faa"}
-    steps["shard-frames"] = [["shard-frames", "--counts", str(out / f"{i}.counts"), "--output",
-                              str(out / f"{i}.frames")] for i in range(1, n + 1)]
-    steps["split-part"] = lambda: split_commands(out, n, records_per_file)
-    steps["concatenate-shards"] = [["concatenate-shards", *(
+
+    def job(step, argv, after=(), priority=0.0):
+        return {"step": step, "argv": argv, "after": list(after), "priority": priority}
+
+    jobs = {"shard": job("shard", ["shard", "--shard-mb", str(shard_mb), str(fasta), str(out / "shards")])}
+    for i in shards:  # the workflow's priorities (common.smk): shards in input order, below everything else
+        jobs[f"prepare-shard {i}"] = job("prepare-shard", [
+            "prepare-shard", "--size", str(chunk_size), "--shard", str(i), str(out / "shards"),
+            *(arg for name in names for arg in (f"--{name}", str(out / f"{i}.{name}")))], ["shard"], -1 - i / (i + 1))
+        jobs[f"shard-frames {i}"] = job("shard-frames", ["shard-frames", "--counts", str(out / f"{i}.counts"),
+                                                         "--output", str(out / f"{i}.frames")],
+                                        [f"prepare-shard {i}"], 1)
+    jobs["concatenate-shards"] = job("concatenate-shards", ["concatenate-shards", *(
         arg for name in names
         for arg in (*((f"--{name}", str(out / targets[name])) if name in targets else ()),
-                    f"--{name}-shards", *(str(out / f"{i}.{name}") for i in range(1, n + 1)))
-    )]]
-    steps["count-parts"] = [["count-parts", "--protein", str(out / "identified_protein.faa"),
-                             "--records-per-file", str(records_per_file), "--output", str(out / "parts.json")]]
-    result = {"cores": cores, "shards": n, "steps": {}}
+                    f"--{name}-shards", *(str(out / f"{i}.{name}") for i in shards))
+    )], [f"prepare-shard {i}" for i in shards])
+    jobs["count-parts"] = job("count-parts", ["count-parts", "--frames", *(str(out / f"{i}.frames") for i in shards),
+                                              "--records-per-file", str(records_per_file),
+                                              "--output", str(out / "parts.json")],
+                              [f"shard-frames {i}" for i in shards])
+
+    def parts(name):
+        if name == "count-parts":
+            return {f"split-part {k}": job("split-part", argv, priority=1)
+                    for k, argv in enumerate(split_commands(out, n, records_per_file), 1)}
+        return {}
+
     started = time.monotonic()
-    for name, commands in steps.items():
-        t0 = time.monotonic()
-        peak = run_all(commands() if callable(commands) else commands, cores)
-        result["steps"][name] = {"seconds": round(time.monotonic() - t0, 1), "max_rss_mb": round(peak, 1)}
-    result["seconds"] = round(time.monotonic() - started, 1)
-    serial = sum(result["steps"][name]["seconds"] for name in ("shard", "concatenate-shards", "count-parts"))
-    result["serial_share"] = round(serial / result["seconds"], 3)
+    steps, busy = run_dag(jobs, cores, parts)
+    wall = time.monotonic() - started
+    result = {"cores": cores, "shards": n, "steps": {
+        step: {"seconds": round(last - first, 1), "max_rss_mb": round(peak, 1)} for step, (first, last, peak) in steps.items()}}
+    result["seconds"] = round(wall, 1)
+    result["core_busy_share"] = round(busy / (cores * wall), 3)
     result["max_rss_mb"] = max(step["max_rss_mb"] for step in result["steps"].values())
     result["parts"] = json.loads((out / "parts.json").read_text())["parts"]
     with open(out / "identified_protein.faa") as handle:
