@@ -114,9 +114,8 @@ def record_rows(fasta, predictions_txt, highest_csv, chunk_size, min_viral_fract
     unknown = sorted(set(calls) - set(scores))
     if unknown:
         raise InputError(f"{highest_csv}: chunk '{unknown[0]}' has no row in {predictions_txt}; the two tables are from different runs")
-    # the input as the workflow read it (its letters were judged then); a FASTA that is not the one the
-    # predictions were made from fails below, on the chunks that no record owns
-    for record_id, seq in read_fasta(fasta):
+    # a FASTA that is not the one the predictions were made from fails below, on the chunks that no record owns
+    for record_id, seq in read_fasta(fasta, nucleotide=True):
         yield contig_row(record_id, len(seq), chunk_size, scores, calls, min_viral_fraction), seq
     leftover = sorted(scores) or sorted(calls)
     if leftover:

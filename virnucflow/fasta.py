@@ -171,12 +171,18 @@ def _no_check(path, record_id, seq):
     return record_id, seq
 
 
+_DROP_NUCLEOTIDE_LETTERS = str.maketrans("", "", _NUCLEOTIDE_LETTERS)
+
+
 def _check_nucleotide(path, record_id, seq):
     """(record_id, seq), or InputError when the record looks like protein (rule: module docstring)."""
-    letters = len(seq) - seq.count("*") - seq.count(".") - seq.count("-")
+    rest = seq.translate(_DROP_NUCLEOTIDE_LETTERS)  # what is not A C G T U N: nothing, in DNA
+    if not rest:
+        return record_id, seq
+    letters = len(seq) - rest.count("*") - rest.count(".") - rest.count("-")
     if letters < MIN_JUDGED_LETTERS:
         return record_id, seq
-    fraction = sum(seq.count(c) for c in _NUCLEOTIDE_LETTERS) / letters
+    fraction = (len(seq) - len(rest)) / letters
     if fraction < MIN_NUCLEOTIDE_FRACTION:
         foreign = sorted(_PROTEIN_ONLY_LETTERS.intersection(seq.upper()))
         if foreign:
