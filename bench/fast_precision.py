@@ -34,9 +34,6 @@ from virnucflow.models.esm2_fast import FastEsm2  # noqa: E402
 from virnucflow.models.mosaicbert_fast import FastDnabertS  # noqa: E402
 
 
-STUDIES = ("fp16-split-fp8",)  # precisions of FastDnabertS that are not (yet) settings
-
-
 def timed(device, function, *args):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -62,9 +59,7 @@ def main():
     ap.add_argument("--tokenizer", help="the real DNABERT-S tokenizer.json, if the models are made here")
     ap.add_argument("--frames", type=int, default=10_000)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--precisions", nargs="+", default=list(DNABERT_PRECISIONS), choices=DNABERT_PRECISIONS + STUDIES,
-                    help=f"default: the settings' {', '.join(DNABERT_PRECISIONS)}; also the studies {', '.join(STUDIES)} "
-                         "(virnucflow.models.mosaicbert_fast)")
+    ap.add_argument("--precisions", nargs="+", default=list(DNABERT_PRECISIONS), choices=DNABERT_PRECISIONS)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     device = args.device

@@ -29,12 +29,6 @@ in fp32: W to 22 bits. Products come out in fp32 where cuBLAS can (`torch.mm(...
 rounded to fp16 they keep 70% of the difference), the residual stream and the embedding tables stay fp32;
 attention is fp16. Twice the GEMM work of "fp16". "fp32" runs the same packed path in fp32 (TF32 off).
 `dtype=torch.float32` is "fp32" (the agreement test).
-
-"fp16-split-fp8" (a study, not a setting: bench/fast_precision.py measures it) is "fp16-split" with the lo half
-in fp8 (e4m3, the weight's lo scaled by a power of two to e4m3's range) and its product a second GEMM of fp8
-inputs (x in e4m3, clamped to its range) at twice the fp16 rate: W to about 15 bits, the lo product's own
-error 2^-4 of a term 2^-11 of the whole, for 1.5x the GEMM work of "fp16" instead of 2x, and no [x, x * 2^-12]
-copy.
 """
 
 from __future__ import annotations
@@ -52,11 +46,9 @@ from virnucflow.models.packed import Packing, Pending, bucket_attention, launch_
 
 
 # precision -> (weights and products, residual stream, attention)
-_E4M3_MAX = 448.0  # the largest float8_e4m3fn
 _LO_SHIFT = 12  # fp16-split: lo = (W - hi) * 2^12 is a normal fp16 number; the inputs take the 2^-12
 _DTYPES = {"fp16": (torch.float16, torch.float16, torch.float16),
            "fp16-split": (torch.float16, torch.float32, torch.float16),
-           "fp16-split-fp8": (torch.float16, torch.float32, torch.float16),
            "fp32": (torch.float32, torch.float32, torch.float32)}
 
 
@@ -89,8 +81,7 @@ class FastDnabertS:
         self.head_dim = config.hidden_size // self.heads
         self.intermediate = config.intermediate_size
         model = exact.model
-        self.split = self.precision in ("fp16-split", "fp16-split-fp8")
-        self.lo_fp8 = self.precision == "fp16-split-fp8"
+        self.split = self.precision == "fp16-split"
         if self.split:
             self._split_weights(model)
         norms = [model.embeddings.LayerNorm] + [n for layer in model.encoder.layer
@@ -115,15 +106,8 @@ class FastDnabertS:
                            layer.mlp.wo):
                 w = linear.weight.detach().float()
                 hi = w.half()
-                if self.lo_fp8:  # hi as fp16, lo as e4m3 scaled by a power of two up to e4m3's largest (448)
-                    lo = w - hi.float()
-                    shift = math.floor(math.log2(_E4M3_MAX / max(lo.abs().max().item(), 2.0**-60)))
-                    linear.hi_weight = hi.to(self.device)
-                    linear.lo_weight = (lo * 2.0**shift).to(torch.float8_e4m3fn).to(self.device)
-                    linear.lo_scale = torch.tensor(2.0**-shift, dtype=torch.float32, device=self.device)
-                else:
-                    linear.split_weight = torch.cat([hi, ((w - hi.float()) * 2.0**_LO_SHIFT).half()], dim=1) \
-                        .to(self.device)
+                linear.split_weight = torch.cat([hi, ((w - hi.float()) * 2.0**_LO_SHIFT).half()], dim=1) \
+                    .to(self.device)
                 linear.split_bias = None if linear.bias is None else linear.bias.detach().float().to(self.device)
         emb = model.embeddings
         self._tables = (emb.word_embeddings.weight.detach().float().to(self.device),
@@ -131,25 +115,8 @@ class FastDnabertS:
 
     def _setup_products(self):
         """fp16-split: products returned in fp32 by cuBLAS itself (`out_dtype`) where this torch and device
-        have it and it matches fp32 math; else the fp16 product, widened (its output rounding stays).
-        fp16-split-fp8: the fp8 product's output type, fp32 where `_scaled_mm` gives it, else bf16 (the lo
-        product is 2^-11 of the whole: bf16's rounding of it is 2^-19 of the whole)."""
+        have it and it matches fp32 math; else the fp16 product, widened (its output rounding stays)."""
         self.products_fp32 = False
-        if self.lo_fp8:
-            self._one = torch.ones((), dtype=torch.float32, device=self.device)
-            a = torch.ones(16, 32, device=self.device).to(torch.float8_e4m3fn)
-            self.lo_out_dtype = None
-            for dtype in (torch.float32, torch.bfloat16):
-                try:
-                    out = torch._scaled_mm(a, a.t(), scale_a=self._one, scale_b=self._one,
-                                           out_dtype=dtype)
-                    if float(out.float().max()) == 32.0:
-                        self.lo_out_dtype = dtype
-                        break
-                except (RuntimeError, TypeError, NotImplementedError):
-                    continue
-            if self.lo_out_dtype is None:
-                raise RuntimeError("fp16-split-fp8: this torch or device has no fp8 matrix product")
         if not self.split or self.device.type != "cuda":
             return
         try:
@@ -162,11 +129,8 @@ class FastDnabertS:
             return
 
     def _input(self, x):
-        """A product's input: x in fp16; in fp16-split [x, x * 2^-12], for the [hi, lo] weight halves; in
-        fp16-split-fp8 (x, x in e4m3)."""
+        """A product's input: x in fp16; in fp16-split [x, x * 2^-12], for the [hi, lo] weight halves."""
         x = x.to(self.dtype)
-        if self.lo_fp8:
-            return x, x.clamp(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
         return torch.cat([x, x * 2.0**-_LO_SHIFT], dim=1) if self.split else x
 
     def _linear(self, inputs, linear, rows=None):
@@ -174,19 +138,10 @@ class FastDnabertS:
         if not self.split:
             weight = linear.weight if rows is None else linear.weight[rows]
             return F.linear(inputs, weight, linear.bias if rows is None else None)
-        if self.lo_fp8:
-            x, x8 = inputs
-            hi, lo = ((w if rows is None else w[rows]) for w in (linear.hi_weight, linear.lo_weight))
-            y = self._mm(x, hi.t())
-            y += torch._scaled_mm(x8, lo.t(), scale_a=self._one, scale_b=linear.lo_scale,
-                                  out_dtype=self.lo_out_dtype).float()
-        else:
-            y = self._mm(inputs, linear.split_weight.t() if rows is None else linear.split_weight[rows].t())
+        weight = linear.split_weight if rows is None else linear.split_weight[rows]
+        y = torch.mm(inputs, weight.t(), out_dtype=torch.float32) if self.products_fp32 else \
+            torch.mm(inputs, weight.t()).float()
         return y + linear.split_bias if rows is None and linear.split_bias is not None else y
-
-    def _mm(self, a, b):
-        """a @ b of fp16 operands, in fp32: cuBLAS's own fp32 output where it has one."""
-        return torch.mm(a, b, out_dtype=torch.float32) if self.products_fp32 else torch.mm(a, b).float()
 
     def token_ids(self, seq: str) -> list[int]:
         return self.tokenizer.encode(seq).ids
