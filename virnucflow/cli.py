@@ -77,12 +77,17 @@ def cmd_split(args):
     logging.info("wrote %d part(s) to %s", n, args.out_dir)
 
 
-def cmd_split_part(args):
+def _kept_frames(paths):
+    """The kept frames of the shards whose `shard-frames` (or counts) files these are, added up."""
     import json
 
+    return sum(json.loads(Path(p).read_text())["kept_frames"] for p in paths)
+
+
+def cmd_split_part(args):
     from virnucflow.split import split_part
 
-    before = sum(json.loads(Path(p).read_text())["kept_frames"] for p in args.frames_before)
+    before = _kept_frames(args.frames_before)
     skip = (args.part - 1) * args.records_per_file - before
     n = split_part(args.nucleotide_shards, args.protein_shards, skip, args.nucleotide, args.protein,
                    args.records_per_file)
@@ -90,11 +95,9 @@ def cmd_split_part(args):
 
 
 def cmd_shard_frames(args):
-    import json
-
     from virnucflow.provenance import write_json
 
-    frames = json.loads(Path(args.counts).read_text())["kept_frames"]
+    frames = _kept_frames([args.counts])
     write_json(args.output, {"kept_frames": frames})
     logging.info("%s: %d kept frame(s)", args.counts, frames)
 
@@ -104,11 +107,9 @@ def cmd_count_parts(args):
     from virnucflow.split import count_parts
 
     if args.frames:
-        import json
-
         from virnucflow.split import part_count
 
-        n = part_count(sum(json.loads(Path(p).read_text())["kept_frames"] for p in args.frames), args.records_per_file)
+        n = part_count(_kept_frames(args.frames), args.records_per_file)
         source = f"{len(args.frames)} shard(s)"
     else:
         n, source = count_parts(args.protein, args.records_per_file), args.protein
