@@ -89,3 +89,15 @@ def test_ambiguous_only_sample_gives_empty_frame_files(tmp_path):
     assert (tmp_path / "n.fna").read_text() == "" and (tmp_path / "p.faa").read_text() == ""
     run_cli("split", "--nucleotide", str(tmp_path / "n.fna"), "--protein", str(tmp_path / "p.faa"), "--out-dir", str(tmp_path / "parts"))
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["output_1.fa", "output_1.faa"]
+
+
+@pytest.mark.parametrize("content", [None, '{"records": 3}\n', "not json\n"])
+def test_a_shard_count_that_cannot_be_read_is_one_line_and_leaves_nothing(tmp_path, content):
+    frames = tmp_path / "1.json"
+    if content is not None:
+        frames.write_text(content)
+    proc = run_cli("count-parts", "--frames", str(frames), "--output", str(tmp_path / "parts.json"), check=False)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{frames}: no kept-frame count in it" in errors[0] and "rerun the workflow" in errors[0]
+    assert not (tmp_path / "parts.json").exists()

@@ -78,10 +78,18 @@ def cmd_split(args):
 
 
 def _kept_frames(paths):
-    """The kept frames of the shards whose `shard-frames` (or counts) files these are, added up."""
+    """The kept frames of the shards whose `shard-frames` (or counts) files these are, added up; a file that
+    cannot say is a one-line InputError."""
     import json
 
-    return sum(json.loads(Path(p).read_text())["kept_frames"] for p in paths)
+    total = 0
+    for path in paths:
+        try:
+            total += int(json.loads(Path(path).read_text())["kept_frames"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: no kept-frame count in it ({exc.__class__.__name__}); rerun the workflow "
+                             "to prepare the sample's shards again") from None
+    return total
 
 
 def cmd_split_part(args):
