@@ -1,19 +1,21 @@
 """Preparation benchmark: a synthetic sample through the workflow's preparation commands, timed, with the
 peak resident memory of each command (docs/benchmarks.md, "Issue 13: preparation").
 
-    python bench/prepare.py --records 1000000 --workdir /tmp/prep --cores 1 2
+    python bench/prepare.py --records 1000000 --workdir /tmp/prep --cores 1 16 --shard-mb 5
 
 The commands of the workflow's preparation jobs, each a process, `--cores` at a time, in the order that
 Snakemake's scheduler gives them: `virnucflow shard` (the plan; for a plain sample it reads nothing), then
 `prepare-shard` on every shard in input order; `shard-frames` on each shard as soon as that shard is
 prepared; `concatenate-shards` (the whole-sample id check and the concatenation) once every shard is;
-`count-parts` once every shard's frames are counted; then `split-part` on every part (each cut from the
-shards that hold it). Among the jobs that may run, those of the rules with priority 1 in the workflow
-(shard-frames, split-part) go first, then concatenate-shards and count-parts, then the shards in input
-order. (The workflow cuts the parts of its first shards earlier still, for the GPU; here every part waits
-for count-parts.) Prints one JSON object per core count: each step's span (its first start to its last end;
-the steps overlap) and peak memory, the wall time, the share of the cores' time that jobs used, and the
-speed-up over the first core count. The sample is coding-like (stop-free codons), so most chunks keep a
+`count-parts` once every shard's frames are counted; `split-part` on every part (each cut from the shards
+that hold it): those that end in one of the first EARLY_SHARDS shards once the shards up to it are counted,
+the others after count-parts. Among the jobs that may run, those of the rules with priority 1 in the
+workflow (shard-frames, split-part) go first, then concatenate-shards and count-parts, then the shards in
+input order. Prints one JSON object per core count: each step's span (its first start to its last end; the
+steps overlap) and peak memory, the wall time, the share of the cores' time that jobs used, the speed-up
+over the first core count, and for more than one core what the machine allows: how much slower a CPU-bound
+Python process runs with as many at once than alone (`machine_slowdown`; its inverse is the best speed-up
+per core that jobs of that kind can reach). The sample is coding-like (stop-free codons), so most chunks keep a
 frame and the split has real work.
 """
 
@@ -65,22 +67,37 @@ def run_dag(jobs, cores, on_done=None):
     return steps, busy
 
 
-def split_commands(out, n, records_per_file):
-    """One `split-part` per part, from the shards' frame counts, as the workflow's split_part jobs."""
-    from virnucflow.split import part_count, part_span
+def split_commands(out, counts, parts, records_per_file):
+    """One `split-part` per part in `parts`, from the kept-frame counts of the shards from 1 on (as many as
+    those parts need), as the workflow's split_part jobs."""
+    from virnucflow.split import part_span
 
-    counts = [json.loads((out / f"{i}.frames").read_text())["kept_frames"] for i in range(1, n + 1)]
-    commands = []
-    for k in range(1, part_count(sum(counts), records_per_file) + 1):
+    commands = {}
+    for k in parts:
         first, last, _ = part_span(counts, k, records_per_file)
         shards = range(first, last + 1)
-        commands.append(["split-part", "--part", str(k), "--nucleotide-shards",
-                         *(str(out / f"{i}.nucleotide") for i in shards),
-                         "--protein-shards", *(str(out / f"{i}.protein") for i in shards),
-                         "--frames-before", *(str(out / f"{i}.frames") for i in range(1, first)),
-                         "--records-per-file", str(records_per_file), "--nucleotide",
-                         str(out / f"parts/output_{k}.fa"), "--protein", str(out / f"parts/output_{k}.faa")])
+        commands[k] = ["split-part", "--part", str(k), "--nucleotide-shards",
+                       *(str(out / f"{i}.nucleotide") for i in shards),
+                       "--protein-shards", *(str(out / f"{i}.protein") for i in shards),
+                       "--frames-before", *(str(out / f"{i}.frames") for i in range(1, first)),
+                       "--records-per-file", str(records_per_file), "--nucleotide",
+                       str(out / f"parts/output_{k}.fa"), "--protein", str(out / f"parts/output_{k}.faa")]
     return commands
+
+
+CPU_WORK = "import time; t = time.perf_counter(); sum(i * i for i in range(3_000_000)); print(time.perf_counter() - t)"
+
+
+def machine_slowdown(cores):
+    """How much slower one CPU-bound Python process runs with `cores` of them at once than alone (the
+    mean of each's own time): what the machine itself allows, whatever the jobs are."""
+    def run(n):
+        procs = [subprocess.Popen([sys.executable, "-c", CPU_WORK], stdout=subprocess.PIPE) for _ in range(n)]
+        return sum(float(proc.communicate()[0]) for proc in procs) / n
+
+    alone = min(run(1) for _ in range(3))
+    together = min(run(cores) for _ in range(3))
+    return round(together / alone, 3)
 
 
 def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
@@ -113,11 +130,31 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
                                               "--output", str(out / "parts.json")],
                               [f"shard-frames {i}" for i in shards])
 
+    from virnucflow.split import EARLY_SHARDS, part_count, parts_completed_by
+
+    counts, cut = {}, set()
+
     def parts(name):
-        if name == "count-parts":
-            return {f"split-part {k}": job("split-part", argv, priority=1)
-                    for k, argv in enumerate(split_commands(out, n, records_per_file), 1)}
-        return {}
+        """The split-part jobs that the workflow can start once job `name` has ended: the parts that end in
+        each of the first EARLY_SHARDS shards once the shards up to it are counted (run_info asks for them),
+        every other part after count-parts."""
+        step, _, shard = name.partition(" ")
+        if step == "shard-frames":
+            counts[int(shard)] = json.loads((out / f"{shard}.frames").read_text())["kept_frames"]
+        framed = []  # the counts of shards 1, 2, ... as far as they are all known
+        while len(framed) + 1 in counts:
+            framed.append(counts[len(framed) + 1])
+        if step == "count-parts":
+            wanted = range(1, part_count(sum(framed), records_per_file) + 1)
+        elif step == "shard-frames":
+            wanted = [k for last in range(1, min(len(framed), EARLY_SHARDS) + 1)
+                      for k in parts_completed_by(framed[:last], records_per_file)]
+        else:
+            return {}
+        new = [k for k in wanted if k not in cut]
+        cut.update(new)
+        return {f"split-part {k}": job("split-part", argv, priority=1)
+                for k, argv in split_commands(out, framed, new, records_per_file).items()}
 
     started = time.monotonic()
     steps, busy = run_dag(jobs, cores, parts)
@@ -127,6 +164,9 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
     result["seconds"] = round(wall, 1)
     result["core_busy_share"] = round(busy / (cores * wall), 3)
     result["max_rss_mb"] = max(step["max_rss_mb"] for step in result["steps"].values())
+    if cores > 1:
+        result["machine_slowdown"] = machine_slowdown(cores)
+        result["machine_per_core_ceiling"] = round(1 / result["machine_slowdown"], 3)
     result["parts"] = json.loads((out / "parts.json").read_text())["parts"]
     with open(out / "identified_protein.faa") as handle:
         result["kept_frames"] = sum(1 for line in handle if line.startswith(">"))
@@ -139,7 +179,8 @@ def main():
     parser.add_argument("--codons", type=int, default=100, help="record length in codons (default 100: 300 bp)")
     parser.add_argument("--workdir", type=Path, required=True, help="scratch directory (not in the repository)")
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--shard-mb", type=float, default=32)
+    parser.add_argument("--shard-mb", type=float, default=5,
+                        help="the workflow's shard_mb (default 5: 66 shards of a 1M-record sample, 4 per core on 16)")
     parser.add_argument("--records-per-file", type=int, default=10_000)
     parser.add_argument("--chunk-size", type=int, default=300)
     args = parser.parse_args()

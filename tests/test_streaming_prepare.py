@@ -14,7 +14,7 @@ import pytest
 from virnucflow import cli
 from virnucflow.errors import InputError
 from virnucflow.fasta import read_fasta
-from virnucflow.shards import check_records, concatenate, plan_shards, prepare_shard, shard_count, shard_starts
+from virnucflow.shards import check_and_concatenate, check_records, concatenate, plan_shards, prepare_shard, shard_count, shard_starts
 from virnucflow.split import part_count, part_span, parts_completed_by, split_part, split_parts
 
 
@@ -120,13 +120,15 @@ def test_shards_follow_the_records_position_in_the_file(tmp_path):
     records = [(f"s{i:02d}", "ACGT" * 25) for i in range(100)]  # each record takes 5 + 101 = 106 bytes
     fasta = tmp_path / "s.fa"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
-    # shards start at 0, 132, 265, 530 (together the first 1060 bytes), then every 1060 bytes
-    assert shard_starts(10_600, 1060) == [0, 132, 265, 530] + list(range(1060, 10_600, 1060))
-    assert len(prepare_shards(fasta, tmp_path, 1060)) == 13
+    # shards start at 0, 132, 265, 530 (together the first 1060 bytes), then every 1060 bytes, and the last
+    # 1060 bytes are cut as the first: at 1060, 530, 265 and 132 bytes before the end
+    assert shard_starts(10_600, 1060) == [0, 132, 265, 530, *range(1060, 9540, 1060), 9540, 10_070, 10_335, 10_468]
+    assert len(prepare_shards(fasta, tmp_path, 1060)) == 16
     assert [len(shard_ids(tmp_path, i)) for i in range(1, 5)] == [2, 1, 2, 5]  # records at 0, 106, 212, ...
-    for i in range(5, 14):  # then 10 records per shard, in input order
+    for i in range(5, 13):  # then 10 records per shard, in input order
         assert shard_ids(tmp_path, i) == [f"s{j:02d}" for j in range((i - 4) * 10, (i - 3) * 10)]
-    assert [rid for i in range(1, 14) for rid in shard_ids(tmp_path, i)] == [rid for rid, _ in records]
+    assert [len(shard_ids(tmp_path, i)) for i in range(13, 17)] == [5, 3, 1, 1]
+    assert [rid for i in range(1, 17) for rid in shard_ids(tmp_path, i)] == [rid for rid, _ in records]
     # the count the workflow planned wins (a file that grew since): the records past it go to the last
     assert plan_shards(fasta, tmp_path / "planned", 1060, n=4) == 4
     prepare_shard(tmp_path / "planned", 4, 300, *(tmp_path / f"planned.{name}" for name in NAMES))
@@ -193,7 +195,7 @@ def test_a_bad_record_fails_its_shard_with_the_one_piece_error_and_leaves_nothin
     assert str(caught.value) == expected and "\n" not in expected and counts is None
     shard = bisect.bisect_right(shard_starts(fasta.stat().st_size, 500), fasta.read_text().index(">broken"))
     written = {p.name for p in (tmp_path / "out").iterdir()}
-    assert shard == 7 and written == {"shards", *(f"shard_{i}.{name}" for i in range(1, 7) for name in NAMES)}
+    assert shard == 10 and written == {"shards", *(f"shard_{i}.{name}" for i in range(1, 10) for name in NAMES)}
     nameless = tmp_path / "nameless.fa"
     nameless.write_text(">ok\n" + "ACGT\n" * 300 + ">\nACGT\n")
     with pytest.raises(InputError) as caught:
@@ -216,6 +218,29 @@ def test_duplicate_ids_in_two_shards_fail_the_sample_with_the_one_piece_error(tm
     with pytest.raises(InputError) as caught:
         check_shards(tmp_path, len(counts))
     assert str(caught.value) == expected
+    shards = range(1, len(counts) + 1)
+    targets = [tmp_path / "sample" / name for name in NAMES[:3]]
+    with pytest.raises(InputError) as caught:  # the sample's files are copied while the ids are checked
+        check_and_concatenate([tmp_path / f"shard_{i}.json" for i in shards],
+                              [tmp_path / f"shard_{i}.ids" for i in shards],
+                              [([tmp_path / f"shard_{i}.{name}" for i in shards], target)
+                               for name, target in zip(NAMES, targets)])
+    assert str(caught.value) == expected and not any((tmp_path / "sample").iterdir())
+
+
+@pytest.mark.unit
+def test_the_sample_files_are_the_shards_one_after_another_once_the_ids_pass(tmp_path):
+    fasta = write_sample(tmp_path / "s.fa", sample_records(300))
+    shards = range(1, len(prepare_shards(fasta, tmp_path, 1500)) + 1)
+    targets = [tmp_path / "sample" / name for name in NAMES[:3]]
+    counts = check_and_concatenate([tmp_path / f"shard_{i}.json" for i in shards],
+                                   [tmp_path / f"shard_{i}.ids" for i in shards],
+                                   [([tmp_path / f"shard_{i}.{name}" for i in shards], target)
+                                    for name, target in zip(NAMES, targets)])
+    assert sum(shard["records"] for shard in counts) == 300 and len(shards) > 10
+    for name, target in zip(NAMES, targets):
+        assert target.read_bytes() == b"".join((tmp_path / f"shard_{i}.{name}").read_bytes() for i in shards)
+    assert sorted(p.name for p in (tmp_path / "sample").iterdir()) == sorted(NAMES[:3])
 
 
 @pytest.mark.unit

@@ -61,12 +61,11 @@ def cmd_prepare_shard(args):
 
 
 def cmd_concatenate(args):
-    from virnucflow.shards import check_records, concatenate
+    from virnucflow.shards import check_and_concatenate
 
-    check_records(args.counts_shards, args.ids_shards)
-    for target, sources in ((args.chunked, args.chunked_shards), (args.nucleotide, args.nucleotide_shards),
-                            (args.protein, args.protein_shards)):
-        concatenate(sources, target)
+    check_and_concatenate(args.counts_shards, args.ids_shards, [
+        (args.chunked_shards, args.chunked), (args.nucleotide_shards, args.nucleotide),
+        (args.protein_shards, args.protein)])
     logging.info("checked the ids and put %d shard(s) together", len(args.chunked_shards))
 
 

@@ -1,11 +1,14 @@
 """Preparation in shards: a sample cut by records, each shard chunked and translated in a job of its own.
 
 The rule: with B = shard_bytes (the config's shard_mb × 10^6), shards start at the bytes
-0, B/8, B/4, B/2, B, 2B, 3B, ... of the file as stored (plain or gzipped), as many as start before its end
+0, B/8, B/4, B/2, B, 2B, 3B, ... of the file as stored (plain or gzipped), as many as start before its end,
+and a file of at least 2B ends as it begins: its last B is cut at B, B/2, B/4 and B/8 before the end
 (`shard_starts`); so the count n depends only on the file's size, and the workflow knows the shards
 before it runs. The first four shards are small (B/8, B/8, B/4, B/2) and together as large as one of the
 others: the first part's frames are prepared within a fraction of a shard's time, so that it reaches the
-GPU soon whatever the sample's size, while the rest of the sample is cut in shards of B. Record r goes
+GPU soon whatever the sample's size, while the rest of the sample is cut in shards of B (the one before the
+last B may be shorter). The last four are as small, so that the cores, which take the shards in input
+order, run out of work within a fraction of a shard's time of each other instead of up to a whole one. Record r goes
 to the shard whose range holds p_r, the byte where its header line starts in the text that is read (the
 last range is open-ended):
 - a plain file is read where it lies: each `prepare_shard` job seeks to its own byte range and reads the
@@ -26,9 +29,11 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from virnucflow.atomic import atomic_path
@@ -50,14 +55,14 @@ def shard_bytes(shard_mb):
 
 
 def shard_starts(size_bytes, shard_bytes):
-    """The byte where each shard of a file of `size_bytes` starts: 0, B/8, B/4, B/2, then every B, as many as
-    start before the end; at least one."""
+    """The byte where each shard of a file of `size_bytes` starts: 0, B/8, B/4, B/2, then every B; and in a
+    file of at least 2B, its last B cut as its first (from the end: B/8, B/8, B/4, B/2); as many as start
+    before the end; at least one."""
     size, b = int(size_bytes), int(shard_bytes)
-    starts = [0]
-    for start in [b // 8, b // 4, b // 2] + list(range(b, size, b)):
-        if starts[-1] < start < size:
-            starts.append(start)
-    return starts
+    starts = [b // 8, b // 4, b // 2] + list(range(b, size - b if size >= 2 * b else size, b))
+    if size >= 2 * b:
+        starts += [size - b, size - b // 2, size - b // 4, size - b // 8]
+    return sorted({0, *(start for start in starts if 0 < start < size)})
 
 
 def shard_count(size_bytes, shard_bytes):
@@ -160,7 +165,27 @@ def check_records(counts, ids):
     once, some record, one not empty; errors as `chunk` gives them, with the file's line numbers.
     Returns the shards' counts."""
     counts = [json.loads(Path(p).read_text()) for p in counts]
-    label, seen, lines_before = counts[0]["fasta"], set(), 0
+    label, seen = counts[0]["fasta"], set()
+    for path in ids:
+        with open(path) as handle:
+            shard_ids = _ID.findall(handle.read())
+        before = len(seen)
+        seen.update(shard_ids)
+        if len(seen) - before != len(shard_ids):
+            _raise_first_duplicate(label, counts, ids)
+    if not sum(shard["records"] for shard in counts):
+        raise InputError(no_records(label))
+    if not sum(shard["non_empty"] for shard in counts):
+        raise InputError(f"{label}: every record is empty; nothing to classify")
+    return counts
+
+
+_ID = re.compile(r"\t(.*)")  # an ids row: the header's line in its shard, a tab, the id
+
+
+def _raise_first_duplicate(label, counts, ids):
+    """The error for the sample's first repeated id, with its line in the file (the slow path)."""
+    seen, lines_before = set(), 0
     for shard, path in zip(counts, ids, strict=True):
         with open(path) as handle:
             for row in handle:
@@ -169,16 +194,30 @@ def check_records(counts, ids):
                     raise InputError(duplicate_id(label, record_id, lines_before + int(line)))
                 seen.add(record_id)
         lines_before += shard["lines"]
-    if not sum(shard["records"] for shard in counts):
-        raise InputError(no_records(label))
-    if not sum(shard["non_empty"] for shard in counts):
-        raise InputError(f"{label}: every record is empty; nothing to classify")
-    return counts
+
+
+def check_and_concatenate(counts, ids, files):
+    """`check_records`, and meanwhile each (sources, target) of `files` concatenated in a thread of its
+    own (the copies wait on the disk, not on Python); each target appears only if the checks pass and its
+    copy succeeds, and none does if any fails. Returns the shards' counts."""
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(target)) for _, target in files]
+        with ThreadPoolExecutor(max_workers=len(files)) as pool:
+            copies = [pool.submit(_copy, sources, tmp) for (sources, _), tmp in zip(files, tmps, strict=True)]
+            checked = check_records(counts, ids)
+        for copy in copies:
+            copy.result()
+    return checked
 
 
 def concatenate(sources, target):
     """Write the files `sources` one after another to `target`, atomically, in blocks."""
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+    with atomic_path(target) as tmp:
+        _copy(sources, tmp)
+
+
+def _copy(sources, target):
+    with open(target, "wb") as out:
         for source in sources:
             with open(source, "rb") as handle:
                 shutil.copyfileobj(handle, out, 1 << 20)

@@ -95,6 +95,13 @@ def part_span(frame_counts, k, records_per_file):
     return first, len(frame_counts), skip
 
 
+# The workflow cuts the parts that end in each of a sample's first EARLY_SHARDS shards as soon as those
+# shards are prepared; the rest once every shard is counted. A fixed number bounds how often Snakemake
+# re-evaluates the job that asks for them (once per shard of these); 32 shards of the default 16 MB give
+# the GPU far more work than the other shards take to prepare (docs/architecture.md).
+EARLY_SHARDS = 32
+
+
 def parts_completed_by(frame_counts, records_per_file):
     """The parts that end in the last of the shards whose counts are given (in order from shard 1): whole
     once those shards are prepared, whatever the shards after them hold."""

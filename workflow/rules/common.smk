@@ -15,7 +15,7 @@ from virnucflow.embedding_settings import SERVE, EmbeddingSettings
 from virnucflow.fingerprint import fingerprint, model_fingerprints
 from virnucflow.predictions import batch_window, score_jobs
 from virnucflow.sample_sheet import read_sample_sheet
-from virnucflow.split import part_span, parts_completed_by
+from virnucflow.split import EARLY_SHARDS, part_span, parts_completed_by
 from virnucflow.shards import shard_bytes, shard_count
 
 
@@ -157,13 +157,9 @@ def shard_priority(wildcards):
     return -1 - shard / (shard + 1)
 
 
-# run_info asks for the parts that end in each of the first EARLY_SHARDS shards as soon as those shards are
-# prepared, so that they are embedded while later shards are; the rest follow count_parts. A fixed number
-# bounds how often Snakemake re-evaluates run_info (once per shard of these); 32 shards of the default
-# 16 MB give the GPU far more work than the other shards take to prepare (docs/architecture.md).
-EARLY_SHARDS = 32
-
-
+# run_info asks for the parts that end in each of the first EARLY_SHARDS shards (virnucflow/split.py) as
+# soon as those shards are prepared, so that they are embedded while later shards are; the rest follow
+# count_parts.
 def early_parts(shard):
     """An input function of run_info: the merged parts that end in shard `shard` of the sample, once it and
     the shards before it are prepared, while the sample's parts are still to be counted (as for the early
