@@ -7,7 +7,7 @@ and a file of at least 2B ends as it begins: its last B is cut at B, B/2, B/4 an
 before it runs. The first four shards are small (B/8, B/8, B/4, B/2) and together as large as one of the
 others: the first part's frames are prepared within a fraction of a shard's time, so that it reaches the
 GPU soon whatever the sample's size, while the rest of the sample is cut in shards of B (the one before the
-last B may be shorter). The last four are as small, so that the cores, which take the shards in input
+last B holds between B/8 and 9B/8). The last four are as small, so that the cores, which take the shards in input
 order, run out of work within a fraction of a shard's time of each other instead of up to a whole one. Record r goes
 to the shard whose range holds p_r, the byte where its header line starts in the text that is read (the
 last range is open-ended):
@@ -59,7 +59,8 @@ def shard_starts(size_bytes, shard_bytes):
     file of at least 2B, its last B cut as its first (from the end: B/8, B/8, B/4, B/2); as many as start
     before the end; at least one."""
     size, b = int(size_bytes), int(shard_bytes)
-    starts = [b // 8, b // 4, b // 2] + list(range(b, size - b if size >= 2 * b else size, b))
+    # no shard of less than B/8 before the last B: the one before it takes its bytes
+    starts = [b // 8, b // 4, b // 2] + list(range(b, size - b - b // 8 if size >= 2 * b else size, b))
     if size >= 2 * b:
         starts += [size - b, size - b // 2, size - b // 4, size - b // 8]
     return sorted({0, *(start for start in starts if 0 < start < size)})
