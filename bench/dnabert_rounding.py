@@ -22,6 +22,11 @@ Variants (ROUNDING): which points are rounded to fp16.
   fp16-offset     fp16, minus the mean difference (fp16 - fp32) of the same model on a calibration set drawn at
                   load time (uniform random DNA of 300 and 500 bp, fixed seed, --calibration frames): a
                   load-time correction of the offset that every frame shares; costs one fp32 pass at load
+  fp16-affine     fp16 + fp16 @ A + b, A (768 x 768) and b fitted at load by ridge regression of fp32 - fp16 on
+                  the fp16 features of the same calibration set (--ridge: penalty as a fraction of the Gram's
+                  mean eigenvalue; --rank: A of that rank, on the fp16 features' first principal components, 0
+                  full); one row per --calibration x --ridge x --rank; costs the two passes at load, a solve,
+                  and one 768 x 768 product per frame, applied to the fp32 pooled features
 
 Figures per variant: 1 - mean cosine to the reference, and with a random classifier calibrated 50/50 on the
 reference features (ESM-2 features random and the same on both sides: DNABERT-S's share alone) the mean logit
@@ -29,10 +34,13 @@ shift and mean |shift|. The flips of a classifier grow with mean |shift| (the de
 boundary times it), so the ratio of each variant's mean |shift| to fp16's scales the H200's measured flips.
 
     python bench/dnabert_rounding.py --models-dir /tmp/m --tokenizer .benchdata/tokenizer.json --frames 400
+    python bench/dnabert_rounding.py --models-dir /tmp/m --tokenizer .benchdata/tokenizer.json --frames 240 \
+        --variants fp16 fp16-offset fp16-affine split --calibration 512 1024 2048 --ridge 1e-3 1e-2 1e-1 --rank 0 64
 """
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import sys
@@ -164,14 +172,44 @@ class Emulated:
         return np.concatenate(out)
 
 
-def fp16_offset(exact, frames, seed=12345):
-    """mean(fp16 - fp32) of the model's features over uniform random DNA, half 500 bp and half 300 bp."""
+def calibration_features(exact, frames, name, cache=None, seed=12345):
+    """The features of `name` (fp32 or fp16) on the calibration set, uniform random DNA of 500 and 300 bp
+    alternately (fixed seed; the first n of a larger set are the set of n), and the seconds they took; kept in
+    `cache` (a directory) when given, so that another run or a second process at the same time reuses them."""
+    path = Path(cache) / f"calibration_{name}_{seed}_{frames}.npz" if cache else None
+    if path and path.exists():
+        kept = np.load(path)
+        return kept["features"], float(kept["seconds"])
     rng = np.random.default_rng(seed)
     seqs = ["".join(rng.choice(list("ACGT"), size=500 if i % 2 == 0 else 300)) for i in range(frames)]
     tokens = [np.array(exact.tokenizer.encode(s).ids, dtype=np.int64) for s in seqs]
-    reference = Emulated(exact.model, ROUNDING["fp32"]).embed(tokens)
-    rounded = Emulated(exact.model, ROUNDING["fp16"]).embed(tokens)
+    t0 = time.perf_counter()
+    features = Emulated(exact.model, ROUNDING[name]).embed(tokens)
+    seconds = time.perf_counter() - t0
+    if path:
+        np.savez(path, features=features, seconds=seconds)
+    return features, seconds
+
+
+def fp16_offset(rounded, reference):
+    """mean(fp16 - fp32) of the model's features over the calibration set."""
     return (rounded.astype(np.float64) - reference.astype(np.float64)).mean(0).astype(np.float32)
+
+
+def fp16_affine(rounded, reference, ridge, rank=0):
+    """A and b with fp32 - fp16 = fp16 @ A + b fitted over the calibration set by ridge regression on the
+    centred features, penalty ridge x trace(Gram) / width (the Gram's mean eigenvalue); with `rank`, the fit
+    uses only the first `rank` principal components of the fp16 features (A of that rank)."""
+    x = rounded.astype(np.float64)
+    r = reference.astype(np.float64) - x
+    mx, mr = x.mean(0), r.mean(0)
+    xc = x - mx
+    basis = np.linalg.svd(xc, full_matrices=False)[2][:rank].T if rank else np.eye(x.shape[1])
+    z = xc @ basis
+    penalty = ridge * np.einsum("ij,ij->", xc, xc) / x.shape[1]
+    coef = np.linalg.solve(z.T @ z + penalty * np.eye(z.shape[1]), z.T @ (r - mr))
+    a = basis @ coef
+    return a.astype(np.float32), (mr - mx @ a).astype(np.float32)
 
 
 def main():
@@ -181,8 +219,12 @@ def main():
     ap.add_argument("--size", choices=("real", "tiny"), default="real")
     ap.add_argument("--frames", type=int, default=400)
     ap.add_argument("--variants", nargs="+", default=[v for v in ROUNDING if v != "fp32"],
-                    choices=[*ROUNDING, "fp16-offset"])
-    ap.add_argument("--calibration", type=int, default=128, help="frames of the fp16-offset calibration set")
+                    choices=[*ROUNDING, "fp16-offset", "fp16-affine"])
+    ap.add_argument("--calibration", type=int, nargs="+", default=[128],
+                    help="frames of the fp16-offset and fp16-affine calibration set (a row for each)")
+    ap.add_argument("--ridge", type=float, nargs="+", default=[1e-2],
+                    help="fp16-affine's ridge penalties, as fractions of the Gram's mean eigenvalue")
+    ap.add_argument("--rank", type=int, nargs="+", default=[0], help="fp16-affine's ranks of A (0: full)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -210,25 +252,52 @@ def main():
     def emulated(name):
         return Emulated(exact.model, ROUNDING[name]).embed(tokens)
 
-    for name in args.variants:
+    @functools.cache
+    def calibration(frames):  # the largest set's features once (kept in --models-dir), its first `frames` of them
+        largest = max(args.calibration)
+        (f32, s32), (f16, s16) = (calibration_features(exact, largest, n, cache=args.models_dir)
+                                  for n in ("fp32", "fp16"))
+        result["calibration_seconds"] = {"frames": largest, "fp32": round(s32, 1), "fp16": round(s16, 1)}
+        return f16[:frames], f32[:frames]
+
+    def corrected(name):  # (row name, features, what the row adds) for each setting of a variant
         if name == "fp16-offset":
-            offset = fp16_offset(exact, args.calibration)
-            result["fp16_offset_norm"] = float(np.linalg.norm(offset))
-            fast = emulated("fp16") - offset
+            for frames in args.calibration:
+                offset = fp16_offset(*calibration(frames))
+                row = name if len(args.calibration) == 1 else f"{name} cal={frames}"
+                yield row, emulated("fp16") - offset, {"calibration": frames,
+                                                       "offset_norm": float(np.linalg.norm(offset))}
+        elif name == "fp16-affine":
+            for frames, ridge, rank in itertools.product(args.calibration, args.ridge, args.rank):
+                rounded, reference_cal = calibration(frames)
+                t0 = time.perf_counter()
+                a, b = fp16_affine(rounded, reference_cal, ridge, rank)
+                fit = time.perf_counter() - t0
+                residual = reference_cal.astype(np.float64) - rounded
+                left = residual - rounded @ a - b  # what the fit leaves of the centred residual, on its own set
+                explained = 1 - np.square(left).sum() / np.square(residual - residual.mean(0)).sum()
+                yield (f"{name} cal={frames} ridge={ridge:g} rank={rank or 'full'}",
+                       emulated("fp16") + emulated("fp16") @ a + b,
+                       {"calibration": frames, "ridge": ridge, "rank": rank or a.shape[0], "fit_seconds": round(fit, 3),
+                        "calibration_residual_explained": round(float(explained), 3)})
         else:
-            fast = emulated(name)
-        figures = calibrated_shift(classifier, reference, esm, fast, esm)
-        a, b = fast.astype(np.float64), reference.astype(np.float64)
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        entry = {"one_minus_cos_mean": float(1 - cos.mean()),
-                 "mean_logit_shift": figures["mean_logit_shift"],
-                 "mean_abs_logit_shift": figures["mean_abs_logit_shift"], "labels_differ": figures["labels_differ"]}
-        if name == "fp16":
-            base = entry
-        if base:
-            entry["abs_shift_vs_fp16"] = round(entry["mean_abs_logit_shift"] / base["mean_abs_logit_shift"], 3)
-        result["variants"][name] = entry
-        print(name, json.dumps(entry), flush=True)
+            yield name, emulated(name), {}
+
+    for name in args.variants:
+        for row, fast, extra in corrected(name):
+            figures = calibrated_shift(classifier, reference, esm, fast, esm)
+            a, b = fast.astype(np.float64), reference.astype(np.float64)
+            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            entry = {"one_minus_cos_mean": float(1 - cos.mean()),
+                     "mean_logit_shift": figures["mean_logit_shift"],
+                     "mean_abs_logit_shift": figures["mean_abs_logit_shift"],
+                     "labels_differ": figures["labels_differ"], **extra}
+            if name == "fp16":
+                base = entry
+            if base:
+                entry["abs_shift_vs_fp16"] = round(entry["mean_abs_logit_shift"] / base["mean_abs_logit_shift"], 3)
+            result["variants"][row] = entry
+            print(row, json.dumps(entry), flush=True)
     emit(result, args.out)
 
 
