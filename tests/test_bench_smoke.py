@@ -82,3 +82,17 @@ def test_preparation_benchmark_at_ci_size(tmp_path):
     assert result["shards"] > 4 and result["parts"] == -(-result["kept_frames"] // 10_000)
     assert set(result["steps"]) == {"shard", "prepare-shard", "shard-frames", "split-part", "concatenate-shards",
                                     "count-parts"}
+
+
+def test_dnabert_profile_benchmark_at_ci_size(tmp_path):
+    out = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/dnabert_profile.py"), "--models-dir", str(tmp_path / "m"), "--size", "tiny",
+         "--device", "cpu", "--frames", "40", "--call", "20", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["precisions"]) == {"fp16", "fp16-split", "fp32"}
+    for row in result["precisions"].values():
+        assert row["500bp"]["tokens_per_s"] > 0 and row["300bp"]["tokens_per_s"] > 0
+        assert row["profile_500bp_budget"]["frames"] == 40 and row["profile_500bp_budget"]["groups_ms"]
