@@ -5,8 +5,8 @@ tokens/s; point 3: what `fp16-split` adds).
     python bench/real_models.py --out /tmp/m --tokenizer .benchdata/tokenizer.json
     python bench/dnabert_profile.py --models-dir /tmp/m --device cuda --out dnabert_profile.json
 
-For each precision: the stream (every frame in calls of --call frames, as the sidecar sends them) of fresh
-500 bp and 300 bp frames, tokens/s; then one call of a full budget profiled: the GPU time of each group of
+For each precision: the stream (every frame in calls of --call frames, the next one tokenized and launched
+while the GPU works, as the sidecar's compute thread does) of fresh 500 bp and 300 bp frames, tokens/s; then one call of a full budget profiled: the GPU time of each group of
 kernels (GEMMs, attention, the compiled fusions, elementwise passes, copies, ...), the ten largest kernels,
 and the call's wall time against the sum of its kernels (the difference: the GPU waiting for the host).
 """
@@ -26,10 +26,11 @@ from workload import many_frames  # noqa: E402
 from virnucflow.embedding_settings import DNABERT_PRECISIONS  # noqa: E402
 from virnucflow.models.dnabert_s import load_dnabert_s  # noqa: E402
 from virnucflow.models.mosaicbert_fast import FastDnabertS  # noqa: E402
+from virnucflow.models.packed import embed_stream  # noqa: E402
 
-GROUPS = (  # the first pattern that a kernel's name holds names its group
-    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
+GROUPS = (  # the first pattern that a kernel's name holds names its group (attention's kernels are CUTLASS too)
     ("attention", ("fmha", "attention", "flash", "cudnn")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
     ("compiled fusion", ("triton",)),
     ("layer norm", ("layer_norm", "layernorm")),
     ("copy / cast / cat", ("copy", "cat", "convert", "to_copy")),
@@ -49,10 +50,12 @@ def sync(device):
 
 
 def stream(model, seqs, call, device):
+    """Seconds for every frame in calls of `call` frames, as the sidecar's compute thread sends them: the next
+    call tokenized and launched while the GPU works on the last (`embed_stream`)."""
     sync(device)
     start = time.perf_counter()
-    for i in range(0, len(seqs), call):
-        model.embed(seqs[i:i + call])
+    for _ in embed_stream(model, (seqs[i:i + call] for i in range(0, len(seqs), call))):
+        pass
     sync(device)
     return time.perf_counter() - start
 

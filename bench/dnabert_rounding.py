@@ -15,6 +15,8 @@ Variants (ROUNDING): which points are rounded to fp16.
   split           weights as two fp16 halves (hi + lo: 22 bits), GEMM outputs fp32, residual fp32, embeddings fp32:
                   the precision fp16-split where cuBLAS returns fp32 products
   split-fp16-out  the same with GEMM outputs rounded to fp16 (fp16-split where it cannot)
+  split-fp16-residual  `split` with the residual stream (every LayerNorm's output) in fp16: what a split path
+                  whose LayerNorms write fp16 (half the memory traffic of its fp32 stream) would lose
   split-mlp, split-attention, split-gated, split-wo, split-first-half, split-second-half
                   `split` for those products only (PARTIAL), fp16 weights and outputs for the others: where the
                   difference comes from, and what splitting part of the GEMM work would buy
@@ -73,6 +75,8 @@ ROUNDING = {  # point -> rounded to fp16?  (weights: "fp16", "split" (hi + lo) o
     "split": dict(weights="split", gemm_in=True, gemm_out=False, residual=False, attention=True, embeddings=False),
     "split-fp16-out": dict(weights="split", gemm_in=True, gemm_out=True, residual=False, attention=True,
                            embeddings=False),
+    "split-fp16-residual": dict(weights="split", gemm_in=True, gemm_out=False, residual=True, attention=True,
+                                embeddings=False),
 }
 # split for some products only (fp32 out for those, fp16 for the others; residual and embeddings fp32 as in
 # `split`): which products carry the difference, and what a split of part of the GEMM work would buy
