@@ -13,6 +13,8 @@
 #              user's machine) before a timed stage
 #   prepare    preparation of 1,000,000 records on 1 core and twice on 16 (issue 13: >= 0.7 x cores), with the
 #              machine's own slowdown of CPU-bound processes on 16 cores
+#   prepare-ab the same sample on 16 cores, three times each with the code in .benchdata/before and with this
+#              code, alternately (run prepare first: it writes the sample)
 #   steps      each step of a fast sidecar's model load, timed, in two processes one after the other (issue 12
 #              point 5: which part of the start to cut)
 #   dnaprof    fast DNABERT-S per precision: tokens/s as a stream and where one budget's GPU time goes (issue 12)
@@ -29,7 +31,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 { nproc; lscpu; } > "$OUT/cpu.txt" 2>&1
 python3 -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT/gpu.txt" 2>&1
-if [ ! -f /tmp/m/manifest.json ] && [ -n "$(printf '%s\n' "$@" | grep -vx 'prime\|prepare\|dnaprof')" ]; then  # the models, if a stage needs them
+if [ ! -f /tmp/m/manifest.json ] && [ -n "$(printf '%s\n' "$@" | grep -vx 'prime\|prepare\|prepare-ab\|dnaprof')" ]; then  # the models, if a stage needs them
   python3 bench/real_models.py --out /tmp/m --tokenizer .benchdata/tokenizer.json > "$OUT/models.log" 2>&1 || exit 1
 fi
 for stage in "$@"; do
@@ -49,6 +51,10 @@ for stage in "$@"; do
 matplotlib.pyplot, snakemake.cli, zmq, virnucflow.classifier, virnucflow.models.esm2_fast" > "$OUT/prime.log" 2>&1 ;;
     prepare) timeout 300 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 16 --shard-mb 5 \
                > "$OUT/prepare.log" 2>&1 ;;
+    prepare-ab) for i in 1 2 3; do  # 16 cores, the code in .benchdata/before (a `git archive`) and this, alternately
+                  for code in .benchdata/before .; do timeout 90 python3 bench/prepare.py --records 1000000 \
+                    --workdir /tmp/p --cores 16 --shard-mb 5 --code $code | tail -1; done; done \
+                > "$OUT/prepare_ab.log" 2>&1 ;;
     steps) for i in 1 2; do timeout 120 python3 bench/load_steps.py --models-dir /tmp/m --size real --device cuda:0 \
              --out "$OUT/load_steps_$i.json"; done > "$OUT/load_steps.log" 2>&1 ;;
     dnaprof) timeout 400 python3 bench/dnabert_profile.py --models-dir /tmp/m --device cuda --tokenizer .benchdata/tokenizer.json \

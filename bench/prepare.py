@@ -38,10 +38,10 @@ def write_sample(path, records, codons, seed=1):
             out.write(f">read{i}\n{''.join(rng.choices(SENSE, k=codons))}\n")
 
 
-def run_dag(jobs, cores, on_done=None):
+def run_dag(jobs, cores, on_done=None, cwd=None):
     """Run the jobs, `cores` at a time: each job is {"step", "argv", "after" (job names), "priority"}, started
     once the jobs it comes after have ended, the highest priority first, then the order given; `on_done(name)`
-    may return more jobs. Returns {step: (first start, last end, peak ru_maxrss in MB)} and the summed seconds
+    may return more jobs; `cwd`: the jobs' directory (its virnucflow comes first on their path). Returns {step: (first start, last end, peak ru_maxrss in MB)} and the summed seconds
     of all jobs."""
     pending, running, done, steps, busy = dict(jobs), {}, set(), {}, 0.0
     while pending or running:
@@ -50,7 +50,7 @@ def run_dag(jobs, cores, on_done=None):
         for name in ready[:cores - len(running)]:
             job = pending.pop(name)
             proc = subprocess.Popen([sys.executable, "-m", "virnucflow", *job["argv"]],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
             running[proc.pid] = (name, job, proc, time.monotonic())
         pid, status, usage = os.wait4(-1, 0)
         if pid not in running:
@@ -100,11 +100,12 @@ def machine_slowdown(cores):
     return round(together / alone, 3)
 
 
-def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
-    from virnucflow.shards import shard_bytes, shard_count
-
+def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size, code=None):
     out.mkdir(parents=True)
-    n = shard_count(fasta.stat().st_size, shard_bytes(shard_mb))
+    n = int(subprocess.run(  # the shard count of the code that runs the jobs (its sharding rule)
+        [sys.executable, "-c", "import sys; from virnucflow.shards import shard_bytes, shard_count; "
+         "print(shard_count(int(sys.argv[1]), shard_bytes(float(sys.argv[2]))))",
+         str(fasta.stat().st_size), str(shard_mb)], cwd=code, check=True, capture_output=True, text=True).stdout)
     shards = range(1, n + 1)
     names = ("chunked", "nucleotide", "protein", "ids", "counts")
     targets = {"chunked": "chunked.fa", "nucleotide": "identified_nucleotide.fa", "protein": "identified_protein.faa"}
@@ -157,7 +158,7 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size):
                 for k, argv in split_commands(out, framed, new, records_per_file).items()}
 
     started = time.monotonic()
-    steps, busy = run_dag(jobs, cores, parts)
+    steps, busy = run_dag(jobs, cores, parts, code)
     wall = time.monotonic() - started
     result = {"cores": cores, "shards": n, "steps": {
         step: {"seconds": round(last - first, 1), "max_rss_mb": round(peak, 1)} for step, (first, last, peak) in steps.items()}}
@@ -183,18 +184,24 @@ def main():
                         help="the workflow's shard_mb (default 5: 66 shards of a 1M-record sample, 4 per core on 16)")
     parser.add_argument("--records-per-file", type=int, default=10_000)
     parser.add_argument("--chunk-size", type=int, default=300)
+    parser.add_argument("--code", type=Path, help="run the jobs with the virnucflow of this source tree (a `git "
+                        "archive` of another commit; the scheduling stays this script's): before against after")
     args = parser.parse_args()
+    args.workdir = args.workdir.resolve()  # the jobs of --code run in its directory
+    args.code = args.code and args.code.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    fasta = args.workdir / "sample.fa"
+    fasta = args.workdir / f"sample_{args.records}x{args.codons}.fa"  # kept: a second run times the same file
     t0 = time.monotonic()
-    write_sample(fasta, args.records, args.codons)
+    if not fasta.exists():
+        write_sample(fasta, args.records, args.codons)
     print(json.dumps({"records": args.records, "bytes": fasta.stat().st_size,
                       "generated_in_s": round(time.monotonic() - t0, 1)}), flush=True)
     first = None
     for cores in args.cores:
         out = args.workdir / f"cores{cores}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        result = prepare(fasta, out, cores, args.shard_mb, args.records_per_file, args.chunk_size)
+        result = prepare(fasta, out, cores, args.shard_mb, args.records_per_file, args.chunk_size, args.code)
+        result["code"] = str(args.code or "this")
         result["records_per_s"] = round(args.records / result["seconds"])
         first = first or result
         result["speed_up"] = round(first["seconds"] / result["seconds"], 2)
