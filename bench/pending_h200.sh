@@ -11,7 +11,7 @@
 #              give it twice: the second run is the one on a machine that has run the workflow before
 #   prime      import what the workflow's processes import, once, so that their bytecode is cached (as on a
 #              user's machine) before a timed stage
-#   prepare    preparation of 1,000,000 records on 1 core and twice on 16 (issue 13: >= 0.7 x cores), with the
+#   prepare    preparation of 1,000,000 records on 1 core and three times on 16 (issue 13: >= 0.7 x cores), with the
 #              machine's own slowdown of CPU-bound processes on 16 cores
 #   prepare-ab the same sample on 16 cores, three times each with the code in .benchdata/before and with this
 #              code, alternately (run prepare first: it writes the sample)
@@ -49,7 +49,7 @@ for stage in "$@"; do
     prime) python3 -m compileall -q virnucflow sidecar bench > /dev/null
            python3 -c "import torch, torch._dynamo, torch.nn.attention.varlen, esm, safetensors.torch, \
 matplotlib.pyplot, snakemake.cli, zmq, virnucflow.classifier, virnucflow.models.esm2_fast" > "$OUT/prime.log" 2>&1 ;;
-    prepare) timeout 300 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 16 --shard-mb 5 \
+    prepare) timeout 300 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 16 16 --shard-mb 5 \
                > "$OUT/prepare.log" 2>&1 ;;
     prepare-ab) for i in 1 2 3; do  # 16 cores, the code in .benchdata/before (a `git archive`) and this, alternately
                   for code in .benchdata/before .; do timeout 90 python3 bench/prepare.py --records 1000000 \

@@ -116,7 +116,7 @@ def job_times(workdir):
 
 
 def test_the_first_shards_parts_are_embedded_while_later_shards_are_prepared(tmp_path):
-    """A sample of fourteen shards (four small ones, six of shard_mb, four small ones) on two cores: the shards run in
+    """A sample of eleven shards (four small ones, then seven of shard_mb) on two cores: the shards run in
     input order, and the parts that end in the first shards are cut and sent to the sidecar as soon as
     those shards are prepared, before the last shard is, and so before the sample's parts are counted."""
     from workflow_runs import orf_workload
@@ -128,9 +128,9 @@ def test_the_first_shards_parts_are_embedded_while_later_shards_are_prepared(tmp
     snakemake(tmp_path, "--cores", "2")
     times = job_times(tmp_path)
     shards = times["prepare_shard"]
-    assert len(shards) == 14 and len(times["embed"]) == 30, {rule: len(jobs) for rule, jobs in times.items()}
+    assert len(shards) == 11 and len(times["embed"]) == 30, {rule: len(jobs) for rule, jobs in times.items()}
     by_start = sorted(shards, key=shards.get)
-    assert "logs/orfs/prepare/shard_1.log" in by_start[:2] and "logs/orfs/prepare/shard_14.log" in by_start[-2:]
+    assert "logs/orfs/prepare/shard_1.log" in by_start[:2] and "logs/orfs/prepare/shard_11.log" in by_start[-2:]
     first_embed = min(start for start, _ in times["embed"].values())
     assert first_embed < max(end for _, end in shards.values()), times
     assert first_embed < min(start for start, _ in times["count_parts"].values()), times

@@ -85,7 +85,7 @@ def test_shards_and_per_part_scores_give_the_one_piece_files(demo_run, tmp_path)
     for sample, fasta in inputs.items():
         out, whole = demo_run / "results" / sample, tmp_path / sample
         shards = len(list((demo_run / "logs" / sample / "prepare").glob("shard_*.log")))
-        assert shards == (9 if sample == "phage_mix" else 4)  # 4 kB shards, the first and last 4 kB in smaller ones
+        assert shards == (7 if sample == "phage_mix" else 4)  # 4 kB shards after three small ones
         assert cli.main(["chunk", "--size", "500", str(fasta), str(whole / "chunked.fa")]) == 0
         assert cli.main(["translate", str(whole / "chunked.fa"), "--nucleotide", str(whole / "identified_nucleotide.fa"),
                          "--protein", str(whole / "identified_protein.faa")]) == 0

@@ -1,14 +1,11 @@
 """Preparation in shards: a sample cut by records, each shard chunked and translated in a job of its own.
 
 The rule: with B = shard_bytes (the config's shard_mb × 10^6), shards start at the bytes
-0, B/8, B/4, B/2, B, 2B, 3B, ... of the file as stored (plain or gzipped), as many as start before its end,
-and a file of at least 2B ends as it begins: its last B is cut at B, B/2, B/4 and B/8 before the end
+0, B/8, B/4, B/2, B, 2B, 3B, ... of the file as stored (plain or gzipped), as many as start before its end
 (`shard_starts`); so the count n depends only on the file's size, and the workflow knows the shards
 before it runs. The first four shards are small (B/8, B/8, B/4, B/2) and together as large as one of the
 others: the first part's frames are prepared within a fraction of a shard's time, so that it reaches the
-GPU soon whatever the sample's size, while the rest of the sample is cut in shards of B (the one before the
-last B holds between B/8 and 9B/8). The last four are as small, so that the cores, which take the shards in input
-order, run out of work within a fraction of a shard's time of each other instead of up to a whole one. Record r goes
+GPU soon whatever the sample's size, while the rest of the sample is cut in shards of B. Record r goes
 to the shard whose range holds p_r, the byte where its header line starts in the text that is read (the
 last range is open-ended):
 - a plain file is read where it lies: each `prepare_shard` job seeks to its own byte range and reads the
@@ -55,15 +52,14 @@ def shard_bytes(shard_mb):
 
 
 def shard_starts(size_bytes, shard_bytes):
-    """The byte where each shard of a file of `size_bytes` starts: 0, B/8, B/4, B/2, then every B; and in a
-    file of at least 2B, its last B cut as its first (from the end: B/8, B/8, B/4, B/2); as many as start
-    before the end; at least one."""
+    """The byte where each shard of a file of `size_bytes` starts: 0, B/8, B/4, B/2, then every B, as many as
+    start before the end; at least one."""
     size, b = int(size_bytes), int(shard_bytes)
-    # no shard of less than B/8 before the last B: the one before it takes its bytes
-    starts = [b // 8, b // 4, b // 2] + list(range(b, size - b - b // 8 if size >= 2 * b else size, b))
-    if size >= 2 * b:
-        starts += [size - b, size - b // 2, size - b // 4, size - b // 8]
-    return sorted({0, *(start for start in starts if 0 < start < size)})
+    starts = [0]
+    for start in [b // 8, b // 4, b // 2] + list(range(b, size, b)):
+        if starts[-1] < start < size:
+            starts.append(start)
+    return starts
 
 
 def shard_count(size_bytes, shard_bytes):
