@@ -49,7 +49,7 @@ for stage in "$@"; do
     prime) python3 -m compileall -q virnucflow sidecar bench > /dev/null
            python3 -c "import torch, torch._dynamo, torch.nn.attention.varlen, esm, safetensors.torch, \
 matplotlib.pyplot, snakemake.cli, zmq, virnucflow.classifier, virnucflow.models.esm2_fast" > "$OUT/prime.log" 2>&1 ;;
-    prepare) timeout 300 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 16 16 --shard-mb 5 \
+    prepare) timeout 360 python3 bench/prepare.py --records 1000000 --workdir /tmp/p --cores 1 16 16 16 --shard-mb 5 \
                > "$OUT/prepare.log" 2>&1 ;;
     prepare-ab) for i in 1 2 3; do  # 16 cores, the code in .benchdata/before (a `git archive`) and this, alternately
                   for code in .benchdata/before .; do timeout 90 python3 bench/prepare.py --records 1000000 \
