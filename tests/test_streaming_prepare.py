@@ -14,7 +14,8 @@ import pytest
 from virnucflow import cli
 from virnucflow.errors import InputError
 from virnucflow.fasta import read_fasta
-from virnucflow.shards import check_and_concatenate, check_records, concatenate, plan_shards, prepare_shard, shard_count, shard_starts
+from virnucflow.shards import (check_and_concatenate, check_records, concatenate, plan_shards, prepare_shard,
+                               shard_count, shard_starts)
 from virnucflow.split import part_count, part_span, parts_completed_by, split_part, split_parts
 
 
