@@ -15,8 +15,9 @@ input order. Prints one JSON object per core count: each step's span (its first 
 steps overlap) and peak memory, the wall time, the share of the cores' time that jobs used, the speed-up
 over the first core count, and for more than one core what the machine allows: how much slower a CPU-bound
 Python process runs with as many at once than alone (`machine_slowdown`; its inverse is the best speed-up
-per core that jobs of that kind can reach). The sample is coding-like (stop-free codons), so most chunks keep a
-frame and the split has real work.
+per core that jobs of that kind can reach). The sample is coding-like (stop-free codons), so most chunks keep
+a frame and the split has real work. `--code DIR` runs the jobs with another commit's source tree (a `git
+archive`), under this script's scheduling: the code before against after on the same machine.
 """
 
 import argparse
@@ -41,8 +42,8 @@ def write_sample(path, records, codons, seed=1):
 def run_dag(jobs, cores, on_done=None, cwd=None):
     """Run the jobs, `cores` at a time: each job is {"step", "argv", "after" (job names), "priority"}, started
     once the jobs it comes after have ended, the highest priority first, then the order given; `on_done(name)`
-    may return more jobs; `cwd`: the jobs' directory (its virnucflow comes first on their path). Returns {step: (first start, last end, peak ru_maxrss in MB)} and the summed seconds
-    of all jobs."""
+    may return more jobs; `cwd`: the jobs' directory (its virnucflow comes first on their path). Returns
+    {step: (first start, last end, peak ru_maxrss in MB)} and the summed seconds of all jobs."""
     pending, running, done, steps, busy = dict(jobs), {}, set(), {}, 0.0
     while pending or running:
         ready = sorted((name for name, job in pending.items() if set(job["after"]) <= done),
