@@ -6,9 +6,10 @@ tokens/s; point 3: what `fp16-split` adds).
     python bench/dnabert_profile.py --models-dir /tmp/m --device cuda --out dnabert_profile.json
 
 For each precision: the stream (every frame in calls of --call frames, the next one tokenized and launched
-while the GPU works, as the sidecar's compute thread does) of fresh 500 bp and 300 bp frames, tokens/s; then one call of a full budget profiled: the GPU time of each group of
-kernels (GEMMs, attention, the compiled fusions, elementwise passes, copies, ...), the ten largest kernels,
-and the call's wall time against the sum of its kernels (the difference: the GPU waiting for the host).
+while the GPU works, as the sidecar's compute thread does) of fresh 500 bp and 300 bp frames, tokens/s; then
+one call of a full budget profiled: the GPU time of each group of kernels (GEMMs, attention, the compiled
+fusions, elementwise passes, copies, ...), the ten largest kernels, and the call's wall time against the sum
+of its kernels (the difference: tokenizing, and the GPU waiting for the host).
 """
 
 import argparse
@@ -101,7 +102,8 @@ def main():
     if not (dna_dir / "model.safetensors").exists():
         write_dnabert(dna_dir, args.tokenizer, **DNA_SIZES[args.size])
     workloads = {bp: [r[1] for r in many_frames(args.frames, bp, seed=200 + bp, workers=8)] for bp in (500, 300)}
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__, "frames": args.frames,
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "frames": args.frames,
               "call": args.call, "precisions": {}}
     for precision in args.precisions:
         model = FastDnabertS(load_dnabert_s(str(dna_dir), device="cpu"), device=device, precision=precision)

@@ -162,7 +162,8 @@ def prepare(fasta, out, cores, shard_mb, records_per_file, chunk_size, code=None
     steps, busy = run_dag(jobs, cores, parts, code)
     wall = time.monotonic() - started
     result = {"cores": cores, "shards": n, "steps": {
-        step: {"seconds": round(last - first, 1), "max_rss_mb": round(peak, 1)} for step, (first, last, peak) in steps.items()}}
+        step: {"seconds": round(last - first, 1), "max_rss_mb": round(peak, 1)}
+        for step, (first, last, peak) in steps.items()}}
     result["seconds"] = round(wall, 1)
     result["core_busy_share"] = round(busy / (cores * wall), 3)
     result["max_rss_mb"] = max(step["max_rss_mb"] for step in result["steps"].values())
