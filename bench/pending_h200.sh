@@ -18,6 +18,7 @@
 #   steps      each step of a fast sidecar's model load, timed, in two processes one after the other (issue 12
 #              point 5: which part of the start to cut)
 #   dnaprof    fast DNABERT-S per precision: tokens/s as a stream and where one budget's GPU time goes (issue 12)
+#   dnaflex    fast DNABERT-S's attention as one FlexAttention kernel against its per-length SDPA calls (a study)
 #   first      seconds to the first part at a sidecar, 3,000,000 records, 16 cores, against the code in
 #              .benchdata/old (a `git archive` of an earlier commit; issue 13: within 15 s)
 export PYTHONUNBUFFERED=1
@@ -31,7 +32,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 { nproc; lscpu; } > "$OUT/cpu.txt" 2>&1
 python3 -c "import torch; print(torch.__version__, torch.version.cuda)" >> "$OUT/gpu.txt" 2>&1
-if [ ! -f /tmp/m/manifest.json ] && [ -n "$(printf '%s\n' "$@" | grep -vx 'prime\|prepare\|prepare-ab\|dnaprof')" ]; then  # the models, if a stage needs them
+if [ ! -f /tmp/m/manifest.json ] && [ -n "$(printf '%s\n' "$@" | grep -vx 'prime\|prepare\|prepare-ab\|dnaprof\|dnaflex')" ]; then  # the models, if a stage needs them
   python3 bench/real_models.py --out /tmp/m --tokenizer .benchdata/tokenizer.json > "$OUT/models.log" 2>&1 || exit 1
 fi
 for stage in "$@"; do
@@ -59,6 +60,8 @@ matplotlib.pyplot, snakemake.cli, zmq, virnucflow.classifier, virnucflow.models.
              --out "$OUT/load_steps_$i.json"; done > "$OUT/load_steps.log" 2>&1 ;;
     dnaprof) timeout 400 python3 bench/dnabert_profile.py --models-dir /tmp/m --device cuda --tokenizer .benchdata/tokenizer.json \
                --out "$OUT/dnabert_profile.json" > "$OUT/dnabert_profile.log" 2>&1 ;;
+    dnaflex) timeout 300 python3 bench/dnabert_flex.py --models-dir /tmp/m --device cuda --tokenizer .benchdata/tokenizer.json \
+               --out "$OUT/dnabert_flex.json" > "$OUT/dnabert_flex.log" 2>&1 ;;
     first) timeout 400 python3 bench/first_part.py --records 3000000 --models-dir /tmp/m --size real --device cuda \
              --cores 16 --against .benchdata/old --timeout 180 --out "$OUT/first_part.json" > "$OUT/first_part.log" 2>&1 ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
