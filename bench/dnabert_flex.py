@@ -149,6 +149,8 @@ def main():
               "torch": torch.__version__, "frames": len(seqs), "tokens": int(sum(map(model.count_tokens, seqs)))}
     cuda = device.type == "cuda"
     product, result["buckets"] = timed_call(model, seqs, device, cuda)
+    if args.out:  # so far, in case the compile below runs out of time
+        Path(args.out).write_text(json.dumps(result, indent=1))
     start = time.perf_counter()
     mosaicbert_fast.bucket_attention = flex_attention_fn(model.heads, device)  # the forward's attention
     flex, _ = timed_call(model, seqs[:64], device, False)
