@@ -132,6 +132,7 @@ def main():
     ap.add_argument("--tokenizer", help="the real tokenizer.json, for a model made here")
     ap.add_argument("--size", choices=("real", "tiny"), default="real")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--frames", type=int, default=4000, help="frames of 500 bp drawn; as many as fill one budget")
     ap.add_argument("--out")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -140,7 +141,7 @@ def main():
         write_dnabert(dna_dir, args.tokenizer, **DNA_SIZES[args.size])
     model = FastDnabertS(load_dnabert_s(str(dna_dir), device="cpu"), device=device)
     seqs, budget = [], 0
-    for _, dna, _ in many_frames(4000, 500, seed=700, workers=8):  # one full budget of 500 bp frames
+    for _, dna, _ in many_frames(args.frames, 500, seed=700, workers=8):  # one full budget of 500 bp frames
         budget += model.count_tokens(dna)
         if budget > model.max_batch_tokens:
             break

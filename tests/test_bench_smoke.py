@@ -96,3 +96,14 @@ def test_dnabert_profile_benchmark_at_ci_size(tmp_path):
     for row in result["precisions"].values():
         assert row["500bp"]["tokens_per_s"] > 0 and row["300bp"]["tokens_per_s"] > 0
         assert row["profile_500bp_budget"]["frames"] == 40 and row["profile_500bp_budget"]["groups_ms"]
+
+
+def test_dnabert_flex_study_at_ci_size(tmp_path):
+    out = tmp_path / "flex.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/dnabert_flex.py"), "--models-dir", str(tmp_path / "m"), "--size", "tiny",
+         "--device", "cpu", "--frames", "60", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["frames"] == 60 and result["cosine_flex_to_buckets"]["min"] > 0.99999
