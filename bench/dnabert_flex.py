@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_models import DNA_SIZES, write_dnabert  # noqa: E402
+from dnabert_profile import add_model_arguments, device_name, dnabert_dir, one_budget, profiled, sync  # noqa: E402
 from workload import many_frames  # noqa: E402
 
 from virnucflow.models import mosaicbert_fast  # noqa: E402
@@ -98,56 +98,33 @@ def flex_attention_fn(heads, device):
     return attention
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_call(model, seqs, device, profile):
-    from torch.profiler import ProfilerActivity, profile as prof
-
+    """Features and the mean wall time of three calls; with `profile`, also the kernel time of one call and
+    its attention's share (dnabert_profile's groups)."""
     model.embed(seqs)
     sync(device)
     start = time.perf_counter()
     for _ in range(3):
         features = model.embed(seqs)
     sync(device)
-    wall = (time.perf_counter() - start) / 3
-    row = {"wall_ms": round(wall * 1e3, 1)}
+    row = {"wall_ms": round((time.perf_counter() - start) / 3 * 1e3, 1)}
     if profile:
-        with prof(activities=[ProfilerActivity.CUDA]) as p:
-            model.embed(seqs)
-            torch.cuda.synchronize(device)
-        events = [e for e in p.key_averages() if e.device_time_total > 0]
-        total = sum(e.device_time_total for e in events) / 1e3
-        attention = sum(e.device_time_total for e in events
-                        if any(k in e.key.lower() for k in ("fmha", "attention", "flex"))) / 1e3
-        row.update(kernel_ms=round(total, 1), attention_ms=round(attention, 1))
+        kernels = profiled(model, seqs, device)
+        row.update(kernel_ms=kernels["kernel_ms"], attention_ms=kernels["groups_ms"].get("attention", 0.0))
     return features, row
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models-dir", required=True, help="DNABERT-S is made here if absent")
-    ap.add_argument("--tokenizer", help="the real tokenizer.json, for a model made here")
-    ap.add_argument("--size", choices=("real", "tiny"), default="real")
-    ap.add_argument("--device", default="cuda")
+    add_model_arguments(ap)
     ap.add_argument("--frames", type=int, default=4000, help="frames of 500 bp drawn; as many as fill one budget")
     ap.add_argument("--out")
     args = ap.parse_args()
     device = torch.device(args.device)
-    dna_dir = Path(args.models_dir) / f"dnabert_s_{args.size}_random"
-    if not (dna_dir / "model.safetensors").exists():
-        write_dnabert(dna_dir, args.tokenizer, **DNA_SIZES[args.size])
-    model = FastDnabertS(load_dnabert_s(str(dna_dir), device="cpu"), device=device)
-    seqs, budget = [], 0
-    for _, dna, _ in many_frames(args.frames, 500, seed=700, workers=8):  # one full budget of 500 bp frames
-        budget += model.count_tokens(dna)
-        if budget > model.max_batch_tokens:
-            break
-        seqs.append(dna)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "frames": len(seqs), "tokens": int(sum(map(model.count_tokens, seqs)))}
+    model = FastDnabertS(load_dnabert_s(str(dnabert_dir(args)), device="cpu"), device=device)
+    seqs = one_budget(model, [dna for _, dna, _ in many_frames(args.frames, 500, seed=700, workers=8)])
+    result = {"device": device_name(device), "torch": torch.__version__, "frames": len(seqs),
+              "tokens": int(sum(map(model.count_tokens, seqs)))}
     cuda = device.type == "cuda"
     product, result["buckets"] = timed_call(model, seqs, device, cuda)
     if args.out:  # so far, in case the compile below runs out of time

@@ -30,7 +30,7 @@ from virnucflow.models.mosaicbert_fast import FastDnabertS  # noqa: E402
 from virnucflow.models.packed import embed_stream  # noqa: E402
 
 GROUPS = (  # the first pattern that a kernel's name holds names its group (attention's kernels are CUTLASS too)
-    ("attention", ("fmha", "attention", "flash", "cudnn")),
+    ("attention", ("fmha", "attention", "flash", "cudnn", "flex")),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
     ("compiled fusion", ("triton",)),
     ("layer norm", ("layer_norm", "layernorm")),
@@ -43,6 +43,37 @@ GROUPS = (  # the first pattern that a kernel's name holds names its group (atte
 def group_of(name):
     low = name.lower()
     return next((group for group, patterns in GROUPS if any(p in low for p in patterns)), "other")
+
+
+def add_model_arguments(ap):
+    """The options that say where DNABERT-S is (or is made) and where it runs."""
+    ap.add_argument("--models-dir", required=True, help="DNABERT-S is made here if absent")
+    ap.add_argument("--tokenizer", help="the real tokenizer.json, for a model made here (bench/real_models.py)")
+    ap.add_argument("--size", choices=("real", "tiny"), default="real")
+    ap.add_argument("--device", default="cuda")
+
+
+def dnabert_dir(args):
+    """DNABERT-S's directory under --models-dir, as bench/real_models.py names it; made there if absent."""
+    directory = Path(args.models_dir) / f"dnabert_s_{args.size}_random"
+    if not (directory / "model.safetensors").exists():
+        write_dnabert(directory, args.tokenizer, **DNA_SIZES[args.size])
+    return directory
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def one_budget(model, seqs):
+    """The first of `seqs` that together fit one of the model's token budgets."""
+    budget, batch = 0, []
+    for seq in seqs:
+        budget += model.count_tokens(seq)
+        if budget > model.max_batch_tokens:
+            break
+        batch.append(seq)
+    return batch
 
 
 def sync(device):
@@ -88,23 +119,17 @@ def profiled(model, seqs, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models-dir", required=True, help="DNABERT-S is made here if absent")
-    ap.add_argument("--tokenizer", help="the real tokenizer.json, for models made here (bench/real_models.py)")
-    ap.add_argument("--size", choices=("real", "tiny"), default="real")
-    ap.add_argument("--device", default="cuda")
+    add_model_arguments(ap)
     ap.add_argument("--frames", type=int, default=20_000, help="frames of each read length in the stream")
     ap.add_argument("--call", type=int, default=10_000, help="frames per embed call (a part)")
     ap.add_argument("--precisions", nargs="+", default=list(DNABERT_PRECISIONS), choices=DNABERT_PRECISIONS)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     device = torch.device(args.device)
-    dna_dir = Path(args.models_dir) / f"dnabert_s_{args.size}_random"  # as bench/real_models.py names it
-    if not (dna_dir / "model.safetensors").exists():
-        write_dnabert(dna_dir, args.tokenizer, **DNA_SIZES[args.size])
+    dna_dir = dnabert_dir(args)
     workloads = {bp: [r[1] for r in many_frames(args.frames, bp, seed=200 + bp, workers=8)] for bp in (500, 300)}
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "frames": args.frames,
-              "call": args.call, "precisions": {}}
+    result = {"device": device_name(device), "torch": torch.__version__, "frames": args.frames, "call": args.call,
+              "precisions": {}}
     for precision in args.precisions:
         model = FastDnabertS(load_dnabert_s(str(dna_dir), device="cpu"), device=device, precision=precision)
         row = {"budget_tokens": model.max_batch_tokens}
@@ -114,12 +139,7 @@ def main():
             seconds = stream(model, seqs, args.call, device)
             row[f"{bp}bp"] = {"tokens": tokens, "tokens_per_s": round(tokens / seconds),
                               "frames_per_s": round(len(seqs) / seconds)}
-        budget, batch = 0, []
-        for s in workloads[500]:  # one full budget of 500 bp frames
-            budget += model.count_tokens(s)
-            if budget > model.max_batch_tokens:
-                break
-            batch.append(s)
+        batch = one_budget(model, workloads[500])
         row["profile_500bp_budget"] = {"frames": len(batch), **profiled(model, batch, device)}
         result["precisions"][precision] = row
         print(precision, json.dumps(row), flush=True)
