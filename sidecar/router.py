@@ -250,8 +250,7 @@ class Router:
         if extra and kind != protocol.EMBED:
             raise protocol.ProtocolError(f"a {kind!r} request has exactly one frame")
         if kind == protocol.PING:
-            # a stop asked for (by a signal, say) and not yet begun already counts
-            state = protocol.DRAINING if self.stop_reason and self.state != protocol.FAILED else self.state
+            state = protocol.DRAINING if self._stopping() else self.state
             if "lease" in head:
                 self._announce_lease(head["lease"], state)
             self._reply(identity, protocol.pong(request_id, state, **self._pong_fields()))
@@ -265,6 +264,12 @@ class Router:
             self._embed(identity, head, extra)
         else:
             raise protocol.ProtocolError(f"unknown request type {kind[:40]!r}")
+
+    def _stopping(self):
+        """Draining, or a stop asked for (by a signal or a stop request) that the loop has not begun yet: a
+        signal can land after this round's check and before its requests are read, and a request read then
+        must be refused as the ping that follows it says."""
+        return self.state == protocol.DRAINING or (self.stop_reason is not None and self.state != protocol.FAILED)
 
     def _announce_lease(self, name, state):
         """A taker wrote this lease and asks whether this sidecar keeps serving: it does while loading or
@@ -291,7 +296,7 @@ class Router:
         key = Requests.key(request_id, model, ids, seqs)
         if self._resent(identity, key):
             return
-        if self.state == protocol.DRAINING:  # after the resend check: a resent request still gets its reply
+        if self._stopping():  # after the resend check: a resent request still gets its reply
             self._reply(identity, protocol.error(request_id, protocol.SHUTTING_DOWN, "the sidecar is shutting down"))
             return
         part = protocol.embed_part_key(head, self.cfg.limits)

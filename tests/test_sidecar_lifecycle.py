@@ -66,6 +66,20 @@ def test_sigterm_finishes_in_flight_work_then_exits_cleanly(spawn, models):
     assert "SIGTERM received" in sidecar.log.read_text()
 
 
+def test_a_request_read_after_a_stop_request_is_refused(spawn, models):
+    """A stop request and an embed request read in the same round: the embed is refused, as the sidecar's pong
+    would say once the stop was asked for (a stop that lands between a round's check and its reads)."""
+    sidecar = spawn(*model_args(models, ["esm2"]))
+    sidecar.wait_ready()
+    sock = raw_dealer(sidecar.wait_file()["endpoint"])
+    sock.send_multipart(protocol.stop("stop"))
+    sock.send_multipart(protocol.embed("esm2", ["late"], ["MKV"], request_id="late"))
+    replies = {head["id"]: head for head, _ in (recv_header(sock) for _ in range(2))}
+    assert replies["stop"]["type"] == protocol.STOPPING
+    assert replies["late"].get("code") == protocol.SHUTTING_DOWN, replies
+    assert sidecar.wait_exit(15) == 0
+
+
 def test_exits_when_the_watched_process_is_gone(spawn, models):
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
